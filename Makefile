@@ -1,0 +1,38 @@
+# Two commands a user needs: `make run` (the whole pipeline on the bundled sample) and `make test`.
+# Both create .venv and install the pinned requirements on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := true
+export KEDRO_DISABLE_TELEMETRY := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export KEDRO_LOGGING_CONFIG := $(CURDIR)/conf/logging.yml
+
+.PHONY: install run test lint viz mlflow-ui sample
+
+$(STAMP): pyproject.toml requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/kedro run --pipeline=full
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
+
+viz: $(STAMP)
+	$(BIN)/kedro viz build
+
+sample: $(STAMP)
+	$(BIN)/python scripts/make_sample.py

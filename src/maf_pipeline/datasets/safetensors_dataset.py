@@ -1,0 +1,61 @@
+"""Tensors through the catalog as safetensors files (no pickle)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from kedro.io import AbstractDataset, DatasetError
+from safetensors.torch import load_file, save_file
+
+_META_KEY = "__metadata__"
+
+
+class SafetensorsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
+    """Saves and loads ``dict[str, Tensor]``; an optional ``"__metadata__"`` entry (JSON-able dict) rides along.
+
+    Writes are atomic (temporary file then rename) so a killed run never leaves a half-written artifact.
+    """
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        if not self._filepath.exists():
+            raise DatasetError(f"No tensor file at {self._filepath}")
+        tensors: dict[str, Any] = dict(load_file(str(self._filepath)))
+        from safetensors import safe_open
+
+        with safe_open(str(self._filepath), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get("json")
+        if raw is not None:
+            tensors[_META_KEY] = json.loads(raw)
+        return tensors
+
+    def save(self, data: dict[str, Any]) -> None:
+        data = dict(data)
+        meta = data.pop(_META_KEY, None)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in data.items() if isinstance(v, torch.Tensor)}
+        if len(tensors) != len(data):
+            bad = sorted(set(data) - set(tensors))
+            raise DatasetError(f"SafetensorsDataset can only save tensors; not tensors: {bad}")
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self._filepath.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=None if meta is None else {"json": json.dumps(meta)})
+            os.replace(tmp, self._filepath)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
