@@ -1,0 +1,380 @@
+"""Preprocessing nodes: the paper's filters (date window, category subset, duplicates, multimodal
+completeness, k-core) applied in order, each returning its output and its before/after counts.
+
+Dtypes (kept from the ``interactions`` contract at every stage): ``user_id`` and ``item_id`` strings,
+``rating`` float32, ``timestamp`` datetime64 UTC. Every stage keeps the rows of its input in their original
+order (the raw file order), so later stable tie-breaks on equal timestamps are reproducible.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+MODALITIES = ("image", "text", "category")
+DEDUP_KEEP = ("first", "last", "all")
+
+
+class EmptyStageError(ValueError):
+    """A preprocessing stage removed every interaction."""
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _counts(interactions: pd.DataFrame) -> dict[str, int]:
+    """Number of interactions, distinct users and distinct items."""
+    return {
+        "interactions": len(interactions),
+        "users": int(interactions["user_id"].nunique()),
+        "items": int(interactions["item_id"].nunique()),
+    }
+
+
+def _stage_report(
+    stage: str, before: pd.DataFrame, after: pd.DataFrame, hint: str, **details: Any
+) -> dict[str, Any]:
+    """Before/after counts of one stage; raises :class:`EmptyStageError` when the stage emptied the data."""
+    b, a = _counts(before), _counts(after)
+    if a["interactions"] == 0:
+        raise EmptyStageError(
+            f"Preprocessing stage '{stage}' left no interactions (before it: {b['interactions']:,} "
+            f"interactions, {b['users']:,} users, {b['items']:,} items). {hint}"
+        )
+    logger.info(
+        "%s: %s -> %s interactions, %s -> %s users, %s -> %s items",
+        stage,
+        f"{b['interactions']:,}",
+        f"{a['interactions']:,}",
+        f"{b['users']:,}",
+        f"{a['users']:,}",
+        f"{b['items']:,}",
+        f"{a['items']:,}",
+    )
+    return {
+        "stage": stage,
+        "before": b,
+        "after": a,
+        "removed_interactions": b["interactions"] - a["interactions"],
+        **details,
+    }
+
+
+def _conform(interactions: pd.DataFrame) -> pd.DataFrame:
+    """The contract columns with the contract dtypes (naive timestamps are taken to be UTC)."""
+    missing = [c for c in INTERACTION_COLUMNS if c not in interactions.columns]
+    if missing:
+        raise ValueError(
+            f"interactions lack the contract columns {missing}; got {list(interactions.columns)}"
+        )
+    df = interactions[INTERACTION_COLUMNS].reset_index(drop=True)
+    ts = df["timestamp"]
+    if not isinstance(ts.dtype, pd.DatetimeTZDtype):
+        ts = pd.to_datetime(ts)
+        ts = ts.dt.tz_localize("UTC") if ts.dt.tz is None else ts
+    return df.assign(
+        user_id=df["user_id"].astype(str),
+        item_id=df["item_id"].astype(str),
+        rating=df["rating"].astype(np.float32),
+        timestamp=ts.dt.tz_convert("UTC"),
+    )
+
+
+def _timestamp_int(timestamps: pd.Series) -> np.ndarray:
+    """UTC timestamps as int64 ticks (one unit per column), for sorting."""
+    return np.asarray(timestamps.dt.tz_convert("UTC").values).view("int64")
+
+
+def _normalise_label(label: Any) -> str:
+    """Category label as compared by the category filter: HTML entities decoded, trimmed, case-folded."""
+    return html.unescape(str(label)).strip().casefold()
+
+
+def _labels(value: Any) -> list[str]:
+    """A ``categories`` cell (list, numpy array or missing) as a list of labels."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return []
+    return [str(v) for v in value]
+
+
+def _unique_items(items: pd.DataFrame, wanted: Iterable[str]) -> pd.DataFrame:
+    """The rows of ``items`` whose id is in ``wanted``; ``items`` must have unique ids (the contract)."""
+    if items["item_id"].duplicated().any():
+        dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
+        raise ValueError(f"items must have unique item_id (ingestion collapses repeats); {dup!r} repeats")
+    return items[items["item_id"].astype(str).isin(pd.Index(wanted))].assign(
+        item_id=lambda d: d["item_id"].astype(str)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def filter_date_window(
+    interactions: pd.DataFrame, date_window: dict[str, Any] | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Keep interactions inside ``date_window`` (inclusive, UTC; a null bound is open), the paper's 2016-2017.
+
+    A bound without a time of day (``"2017-12-31"``) covers that whole day; one with a time is an exact
+    instant. Ingestion already applies the window while reading; this stage re-checks it and records counts.
+    """
+    df = _conform(interactions)
+    window = date_window or {}
+    start, end = window.get("start"), window.get("end")
+    keep = np.ones(len(df), dtype=bool)
+    ts = df["timestamp"]
+    if start is not None:
+        lo = pd.Timestamp(start)
+        lo = lo.tz_localize("UTC") if lo.tz is None else lo.tz_convert("UTC")
+        keep &= (ts >= lo).to_numpy()
+    if end is not None:
+        hi = pd.Timestamp(end)
+        hi = hi.tz_localize("UTC") if hi.tz is None else hi.tz_convert("UTC")
+        keep &= (ts < hi + pd.Timedelta(days=1) if hi == hi.normalize() else ts <= hi).to_numpy()
+    out = df[keep].reset_index(drop=True)
+    report = _stage_report(
+        "date_window",
+        df,
+        out,
+        "Widen or null params:date_window.",
+        window={"start": None if start is None else str(start), "end": None if end is None else str(end)},
+    )
+    return out, report
+
+
+def filter_categories(
+    interactions: pd.DataFrame, items: pd.DataFrame, category_labels: list[str] | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Keep interactions of items whose category path contains any of ``category_labels`` (null keeps all).
+
+    Labels match whole path entries, case-insensitively, after decoding HTML entities (``&amp;``) and
+    trimming: ``["Women"]`` matches ``Clothing, Shoes & Jewelry > Women > Dresses``, not ``Womens``. This is
+    how the paper's Boys & Girls, Women and Men subsets of Clothing are selected. Items without metadata have
+    no path and are dropped when a filter is set.
+    """
+    df = interactions.reset_index(drop=True)
+    if not category_labels:
+        report = _stage_report("category", df, df, "", labels=None, items_without_metadata=0)
+        return df, report
+    wanted = {_normalise_label(label) for label in category_labels}
+    present = df["item_id"].unique()
+    meta = _unique_items(items, present)[["item_id", "categories"]]
+    exploded = meta.explode("categories").dropna(subset=["categories"])
+    raw_labels = exploded["categories"].astype(str)
+    matching = [label for label in raw_labels.unique() if _normalise_label(label) in wanted]
+    kept_items = exploded.loc[raw_labels.isin(matching), "item_id"].unique()
+    out = df[df["item_id"].isin(kept_items)].reset_index(drop=True)
+    no_meta = int((~pd.Index(present).isin(meta["item_id"])).sum())
+    report = _stage_report(
+        "category",
+        df,
+        out,
+        f"No item's category path contains any of {list(category_labels)}; "
+        "check preprocessing.category_labels against items.categories.",
+        labels=list(category_labels),
+        matched_labels=sorted(matching),
+        items_without_metadata=no_meta,
+    )
+    return out, report
+
+
+def deduplicate_interactions(interactions: pd.DataFrame, keep: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Collapse repeated (user, item) pairs to the ``first`` or ``last`` by time, or keep ``all`` of them.
+
+    Ties in time are broken by the original row order (stable), so ``first`` of two same-day reviews is the
+    one that came first in the file.
+    """
+    if keep not in DEDUP_KEEP:
+        raise ValueError(f"preprocessing.dedup_keep must be one of {DEDUP_KEEP}, got {keep!r}")
+    df = interactions.reset_index(drop=True)
+    order = np.lexsort((np.arange(len(df)), _timestamp_int(df["timestamp"])))
+    in_time = df.iloc[order]
+    repeated = in_time.duplicated(["user_id", "item_id"], keep="first").to_numpy()
+    duplicate_rows = int(repeated.sum())
+    if keep == "all":
+        out = df
+    else:
+        dropped = in_time.duplicated(["user_id", "item_id"], keep=keep).to_numpy()
+        out = df.iloc[np.sort(order[~dropped])].reset_index(drop=True)
+    report = _stage_report(
+        "dedup",
+        df,
+        out,
+        "Unexpected: deduplication keeps one row per pair.",
+        keep=keep,
+        duplicate_rows=duplicate_rows,
+    )
+    return out, report
+
+
+def filter_multimodal_completeness(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    image_availability: pd.DataFrame,
+    required_modalities: list[str],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Drop interactions of items lacking any modality the run uses (the paper keeps items with all three).
+
+    image: ``image_availability.has_image`` (absent = no image); text: non-blank ``items.text``; category: at
+    least one non-blank label in ``items.categories``. Items missing from ``items`` are always dropped and
+    counted separately.
+    """
+    required = list(required_modalities or [])
+    unknown = sorted(set(required) - set(MODALITIES))
+    if unknown:
+        raise ValueError(
+            f"Unknown modalities {unknown} in preprocessing.required_modalities; use {MODALITIES}"
+        )
+    df = interactions.reset_index(drop=True)
+    present = pd.Index(df["item_id"].unique())
+    meta = _unique_items(items, present).set_index("item_id")
+    has_meta = present.isin(meta.index)
+    ok = pd.Series(has_meta, index=present)
+    lacking: dict[str, int] = {}
+    meta = meta.reindex(present[has_meta])
+    for modality in required:
+        if modality == "image":
+            avail = image_availability.assign(item_id=image_availability["item_id"].astype(str))
+            flags = avail.drop_duplicates("item_id").set_index("item_id")["has_image"].astype(bool)
+            has = flags.reindex(meta.index, fill_value=False)
+        elif modality == "text":
+            has = meta["text"].fillna("").astype(str).str.strip().str.len() > 0
+        else:
+            has = meta["categories"].map(lambda c: any(label.strip() for label in _labels(c)))
+        has = has.reindex(present, fill_value=False).astype(bool)
+        lacking[modality] = int((~has & has_meta).sum())
+        ok &= has
+    out = df[df["item_id"].map(ok).to_numpy(dtype=bool)].reset_index(drop=True)
+    missing_items = present[~has_meta]
+    report = _stage_report(
+        "completeness",
+        df,
+        out,
+        f"No item has all of {required}; check image_availability and items, or relax "
+        "preprocessing.required_modalities.",
+        required_modalities=required,
+        items_without_metadata=len(missing_items),
+        interactions_without_metadata=int(df["item_id"].isin(missing_items).sum()),
+        items_lacking=lacking,
+    )
+    return out, report
+
+
+def kcore_filter(
+    interactions: pd.DataFrame, k: int, user_k: int | None = None, item_k: int | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Iterative k-core: drop users with under ``user_k`` and items with under ``item_k`` interactions until
+    nothing changes (both default to ``k``). The fixed point is the largest subset meeting both bounds.
+
+    Counts are of interaction rows (with ``dedup_keep: all`` a repeated pair counts each time).
+    """
+    uk = k if user_k is None else user_k
+    ik = k if item_k is None else item_k
+    df = interactions.reset_index(drop=True)
+    users, _ = pd.factorize(df["user_id"])
+    items, _ = pd.factorize(df["item_id"])
+    rows = np.arange(len(df))
+    iterations = 0
+    while True:
+        iterations += 1
+        u, i = users[rows], items[rows]
+        user_deg = np.bincount(u)
+        item_deg = np.bincount(i)
+        keep = (user_deg[u] >= uk) & (item_deg[i] >= ik)
+        logger.info(
+            "k-core iteration %d: %s -> %s interactions", iterations, f"{len(rows):,}", f"{keep.sum():,}"
+        )
+        if keep.all():
+            break
+        rows = rows[keep]
+        if len(rows) == 0:
+            break
+    out = df.iloc[rows].reset_index(drop=True)
+    report = _stage_report(
+        "kcore",
+        df,
+        out,
+        f"No {uk}/{ik}-core exists; lower preprocessing.k (or user_k/item_k) or loosen earlier filters.",
+        user_k=int(uk),
+        item_k=int(ik),
+        iterations=iterations,
+    )
+    return out, report
+
+
+def select_items(kcore_interactions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """The metadata rows of the items left after the k-core, in ``items`` order (what the features embed)."""
+    kept = _unique_items(items, kcore_interactions["item_id"].unique()).reset_index(drop=True)
+    missing = kcore_interactions["item_id"].nunique() - len(kept)
+    if missing:
+        raise ValueError(
+            f"{missing} items left after the k-core have no metadata row; completeness should drop them"
+        )
+    return kept
+
+
+def build_dataset_statistics(
+    stage_counts_window: dict[str, Any],
+    stage_counts_categories: dict[str, Any],
+    stage_counts_dedup: dict[str, Any],
+    stage_counts_completeness: dict[str, Any],
+    stage_counts_kcore: dict[str, Any],
+    kcore_interactions: pd.DataFrame,
+    dataset_name: str,
+) -> tuple[dict[str, Any], str]:
+    """Table-1-style statistics of the final data (#Users, #Items, average actions, #Interactions) plus the
+    per-stage funnel, as a JSON-able dict and a Markdown table for ``data/08_reporting``.
+    """
+    c = _counts(kcore_interactions)
+    table = {
+        "users": c["users"],
+        "items": c["items"],
+        "avg_actions_per_user": round(c["interactions"] / c["users"], 2),
+        "avg_actions_per_item": round(c["interactions"] / c["items"], 2),
+        "interactions": c["interactions"],
+        "density": round(c["interactions"] / (c["users"] * c["items"]), 6),
+    }
+    ts = kcore_interactions["timestamp"]
+    stages = [stage_counts_window, stage_counts_categories, stage_counts_dedup, stage_counts_completeness]
+    stages.append(stage_counts_kcore)
+    funnel = [
+        {"stage": s["stage"], **s["after"], "removed_interactions": s["removed_interactions"]} for s in stages
+    ]
+    stats = {
+        "dataset": dataset_name,
+        "table1": table,
+        "first_interaction": ts.min().isoformat(),
+        "last_interaction": ts.max().isoformat(),
+        "input": stage_counts_window["before"],
+        "funnel": funnel,
+    }
+    lines = [
+        f"# Dataset statistics: {dataset_name}",
+        "",
+        f"| Dataset | {dataset_name} |",
+        "|---|---:|",
+        f"| #Users | {table['users']:,} |",
+        f"| #Items | {table['items']:,} |",
+        f"| #Avg. Actions/User | {table['avg_actions_per_user']:.1f} |",
+        f"| #Avg. Actions/Item | {table['avg_actions_per_item']:.1f} |",
+        f"| #Interactions | {table['interactions']:,} |",
+        "",
+        f"Interactions from {stats['first_interaction']} to {stats['last_interaction']}.",
+        "",
+        "## Funnel",
+        "",
+        "| stage | interactions | users | items | removed interactions |",
+        "|---|---:|---:|---:|---:|",
+        f"| input | {stats['input']['interactions']:,} | {stats['input']['users']:,} | "
+        f"{stats['input']['items']:,} | |",
+    ]
+    lines += [
+        f"| {f['stage']} | {f['interactions']:,} | {f['users']:,} | {f['items']:,} | "
+        f"{f['removed_interactions']:,} |"
+        for f in funnel
+    ]
+    return stats, "\n".join(lines) + "\n"

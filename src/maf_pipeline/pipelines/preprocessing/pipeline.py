@@ -1,0 +1,81 @@
+"""Wiring of the preprocessing stages; every output, counts included, is a catalog dataset on disk."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    build_dataset_statistics,
+    deduplicate_interactions,
+    filter_categories,
+    filter_date_window,
+    filter_multimodal_completeness,
+    kcore_filter,
+    select_items,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """The filter chain ``interactions`` -> ``kcore_interactions``, ``filtered_items`` and the statistics."""
+    return Pipeline(
+        [
+            Node(
+                filter_date_window,
+                inputs=["interactions", "params:date_window"],
+                outputs=["windowed_interactions", "stage_counts_window"],
+                name="filter_date_window",
+            ),
+            Node(
+                filter_categories,
+                inputs=["windowed_interactions", "items", "params:preprocessing.category_labels"],
+                outputs=["category_filtered_interactions", "stage_counts_categories"],
+                name="filter_categories",
+            ),
+            Node(
+                deduplicate_interactions,
+                inputs=["category_filtered_interactions", "params:preprocessing.dedup_keep"],
+                outputs=["deduplicated_interactions", "stage_counts_dedup"],
+                name="deduplicate_interactions",
+            ),
+            Node(
+                filter_multimodal_completeness,
+                inputs=[
+                    "deduplicated_interactions",
+                    "items",
+                    "image_availability",
+                    "params:preprocessing.required_modalities",
+                ],
+                outputs=["complete_interactions", "stage_counts_completeness"],
+                name="filter_multimodal_completeness",
+            ),
+            Node(
+                kcore_filter,
+                inputs=[
+                    "complete_interactions",
+                    "params:preprocessing.k",
+                    "params:preprocessing.user_k",
+                    "params:preprocessing.item_k",
+                ],
+                outputs=["kcore_interactions", "stage_counts_kcore"],
+                name="kcore_filter",
+            ),
+            Node(
+                select_items,
+                inputs=["kcore_interactions", "items"],
+                outputs="filtered_items",
+                name="select_items",
+            ),
+            Node(
+                build_dataset_statistics,
+                inputs=[
+                    "stage_counts_window",
+                    "stage_counts_categories",
+                    "stage_counts_dedup",
+                    "stage_counts_completeness",
+                    "stage_counts_kcore",
+                    "kcore_interactions",
+                    "params:preprocessing.dataset_name",
+                ],
+                outputs=["dataset_statistics", "dataset_statistics_table"],
+                name="build_dataset_statistics",
+            ),
+        ]
+    )
