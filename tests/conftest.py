@@ -1,0 +1,64 @@
+"""Shared fixtures: a throw-away copy of the project in which the real pipelines run end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SAMPLES = REPO.parent / "shared" / "data" / "amazon-2018-samples"
+
+# Nothing in the tests may phone home or reach a model hub.
+for _name, _value in {
+    "DO_NOT_TRACK": "true",
+    "KEDRO_DISABLE_TELEMETRY": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+# Runtime overrides (kedro --params) that make the end-to-end run fast on two CPU cores while exercising
+# every node. Each entry is a dotted parameter key; pipelines' owners keep these in step with their parameters.
+E2E_PARAMS: dict[str, object] = {}
+
+
+def copy_project(dest: Path) -> Path:
+    """Copy what a Kedro run needs (package metadata, conf, the bundled sample) into ``dest``.
+
+    The copy has its own ``data/`` and its own MLflow store (``mlflow.yml`` uses a path relative to the project),
+    so tests never write into the developer's project.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")
+    shutil.copytree(REPO / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
+    (dest / "conf" / "local").mkdir(exist_ok=True)
+    for layer in sorted(p.name for p in (REPO / "data").iterdir() if p.is_dir()):
+        (dest / "data" / layer).mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "data" / "01_raw" / "sample", dest / "data" / "01_raw" / "sample", dirs_exist_ok=True)
+    return dest
+
+
+def kedro(project: Path, *args: str, params: dict[str, object] | None = None, timeout: int = 900):
+    """Run the ``kedro`` CLI of this interpreter inside ``project`` and fail with its output if it fails."""
+    cmd = [sys.executable, "-m", "kedro", *args]
+    if params:
+        cmd += ["--params", ",".join(f"{k}={v}" for k, v in params.items())]
+    env = {**os.environ, "KEDRO_LOGGING_CONFIG": str(REPO / "conf" / "logging.yml"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"`kedro {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The whole ``full`` pipeline, run once per test session on the bundled sample in a project copy."""
+    project = copy_project(tmp_path_factory.mktemp("project"))
+    proc = kedro(project, "run", "--pipeline=full", "--env=sample", params=E2E_PARAMS)
+    return project, proc
