@@ -1,0 +1,294 @@
+"""Image acquisition: copy item images from a local folder or download them, verified, into the image store.
+
+Runs on the items left after de-duplication (before the completeness filter, which reads its
+``image_availability`` table). Every stored image has decoded with PIL; corrupt, oversized or unreachable ones
+are counted and marked missing, never fatal. Images are written one by one as they arrive, so a re-run fetches
+only what is missing and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .stores import ImageFolder
+
+logger = logging.getLogger(__name__)
+
+# Amazon image URLs carry a size/crop directive between the image id and the extension
+# (``51abc._SX38_SY50_CR,0,0,38,50_.jpg``); removing it yields the full-size original.
+_AMAZON_SIZE_SUFFIX = re.compile(r"\._[^/]*_(\.[A-Za-z0-9]+)$")
+_FORMAT_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}
+_RETRY_HTTP = {408, 425, 429, 500, 502, 503, 504}
+AVAILABILITY_COLUMNS = ["item_id", "has_image", "status", "source", "url", "num_bytes", "detail"]
+
+
+class ImageSourceUnreachableError(RuntimeError):
+    """Raised when image hosts cannot be reached and ``on_unreachable`` is ``fail``."""
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Outcome for one item: a status (``ok`` or why not), the verified bytes and their extension."""
+
+    status: str
+    data: bytes | None = None
+    ext: str | None = None
+    url: str | None = None
+    detail: str = ""
+    num_bytes: int | None = None
+
+
+def full_size_url(url: str) -> str:
+    """Turn an Amazon thumbnail URL into the full-size image URL by dropping the ``._..._`` size suffix."""
+    return _AMAZON_SIZE_SUFFIX.sub(r"\1", url.strip())
+
+
+def verify_image(data: bytes, max_pixels: int = 89_478_485) -> tuple[str | None, str]:
+    """Check that bytes decode as an image; returns ``(extension, "")`` or ``(None, reason)``."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()  # structure and checksums
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format or ""
+            if img.width * img.height > max_pixels:
+                return None, f"too many pixels ({img.width}x{img.height})"
+            img.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads every byte
+            img.load()
+    except Exception as exc:  # PIL raises many types for bad data; all mean "not an image"
+        return None, f"{type(exc).__name__}: {exc}"[:200]
+    return _FORMAT_EXT.get(fmt, fmt.lower() or "img"), ""
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http/https URLs (urllib would also follow ftp)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.HTTPError(newurl, code, "redirect to a non-http(s) URL refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
+
+
+def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None] = time.sleep) -> FetchResult:
+    """Fetch one URL with timeouts, a size cap and retries with exponential backoff; verify it decodes."""
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        return FetchResult("invalid_url", url=url, detail="only http/https URLs are fetched")
+    max_bytes = int(cfg["max_bytes"])
+    retries = int(cfg["retries"])
+    request = urllib.request.Request(url, headers={"User-Agent": cfg["user_agent"]})
+    last = FetchResult("http_error", url=url)
+    for attempt in range(retries + 1):
+        if attempt:
+            delay = min(float(cfg["backoff_s"]) * 2 ** (attempt - 1), float(cfg["backoff_max_s"]))
+            sleep(delay * (0.5 + random.random() / 2))  # jitter spreads retries of parallel workers
+        try:
+            deadline = time.monotonic() + float(cfg["deadline_s"])
+            with _OPENER.open(request, timeout=float(cfg["timeout_s"])) as response:
+                declared = response.headers.get("Content-Length")
+                if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                    return FetchResult(
+                        "too_large", url=url, detail=f"Content-Length {declared} > {max_bytes}"
+                    )
+                chunks, size = [], 0
+                while chunk := response.read(65536):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        return FetchResult("too_large", url=url, detail=f"more than {max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"download exceeded {cfg['deadline_s']} s")
+                    chunks.append(chunk)
+            data = b"".join(chunks)
+        except urllib.error.HTTPError as exc:
+            last = FetchResult("http_error", url=url, detail=f"HTTP {exc.code}")
+            if exc.code not in _RETRY_HTTP:
+                return last
+            continue
+        except TimeoutError as exc:
+            last = FetchResult("timeout", url=url, detail=str(exc)[:200])
+            continue
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            last = FetchResult("unreachable", url=url, detail=f"{type(reason).__name__}: {reason}"[:200])
+            continue
+        ext, why = verify_image(data, int(cfg["max_pixels"]))
+        if ext is None:
+            return FetchResult("corrupt", url=url, detail=why)
+        return FetchResult("ok", data=data, ext=ext, url=url, num_bytes=len(data))
+    return last
+
+
+def unreachable_hosts(urls: Sequence[str], timeout_s: float) -> dict[str, str]:
+    """Probe each distinct host once (DNS + TCP connect with a short timeout); returns ``host -> error``."""
+    failed = {}
+    hosts = {}
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.hostname:
+            hosts.setdefault(
+                parts.netloc, (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+            )
+    for netloc, (host, port) in hosts.items():
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+        except OSError as exc:
+            failed[netloc] = f"{type(exc).__name__}: {exc}"
+    return failed
+
+
+def _candidate_urls(urls: Any, cfg: dict[str, Any]) -> list[str]:
+    if urls is None or isinstance(urls, str | bytes):
+        urls = [urls] if isinstance(urls, str) else []
+    out: list[str] = []
+    for url in list(urls)[: int(cfg["max_urls_per_item"])]:
+        if not isinstance(url, str) or not url.strip():
+            continue
+        url = full_size_url(url) if cfg["full_size"] else url.strip()
+        if url not in out:
+            out.append(url)
+    return out
+
+
+def _fetch_urls(urls: list[str], cfg: dict[str, Any]) -> FetchResult:
+    """Try an item's URLs in order; the first verified image wins, else the first URL's failure counts."""
+    if not urls:
+        return FetchResult("no_url")
+    first: FetchResult | None = None
+    for url in urls:
+        result = download_image(url, cfg)
+        if result.status == "ok":
+            return result
+        first = first or result
+    return first  # type: ignore[return-value]
+
+
+def _copy_local(local: ImageFolder, item_id: str, max_bytes: int, max_pixels: int) -> FetchResult:
+    path = local.find(item_id)
+    if path is None:
+        return FetchResult("no_file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        return FetchResult("too_large", url=str(path), detail=f"{size} bytes > {max_bytes}")
+    ext, why = verify_image(path.read_bytes(), max_pixels)
+    if ext is None:
+        return FetchResult("corrupt", url=str(path), detail=why)
+    return FetchResult("ok", ext=ext, url=str(path), num_bytes=size)
+
+
+def acquire_images(
+    deduplicated_interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    local_images: ImageFolder,
+    image_store: ImageFolder,
+    params: dict[str, Any],
+) -> pd.DataFrame:
+    """Put one verified image per interacted item into the image store and report which items have one.
+
+    Items already in the store are kept as they are (``status == "stored"``), so re-runs and interrupted runs
+    only fetch what is missing. Returns ``image_availability`` (item_id, has_image, status, source, url,
+    num_bytes, detail).
+    """
+    source = params["source"]
+    if source not in ("local", "url"):
+        raise ValueError(f"features.images.source must be 'local' or 'url', not {source!r}")
+    dl = params["download"]
+    item_ids = sorted(deduplicated_interactions["item_id"].astype(str).unique())
+    stored = image_store.ids()
+    todo = [i for i in item_ids if i not in stored]
+    results: dict[str, FetchResult] = {i: FetchResult("stored") for i in item_ids if i in stored}
+    logger.info(
+        "Images (%s source): %d items, %d already in the store, %d to fetch",
+        *(source, len(item_ids), len(item_ids) - len(todo), len(todo)),
+    )
+
+    if source == "local":
+        if todo and not local_images.exists():
+            raise FileNotFoundError(
+                f"features.images.source is 'local' but the image folder {local_images.path} does not exist; "
+                "point the 'local_images' catalog entry at a folder of <item_id>.jpg files, or use source: "
+                "url."
+            )
+
+        def fetch(item_id: str) -> FetchResult:
+            return _copy_local(local_images, item_id, int(dl["max_bytes"]), int(dl["max_pixels"]))
+
+    else:
+        url_map = dict(zip(items["item_id"].astype(str), items["image_urls"], strict=True))
+        candidates = {i: _candidate_urls(url_map.get(i), dl) for i in todo}
+        down = unreachable_hosts(
+            [u for urls in candidates.values() for u in urls], float(dl["probe_timeout_s"])
+        )
+        if down:
+            message = (
+                f"Cannot reach image host(s) {sorted(down)} ({next(iter(down.values()))}); "
+                "this machine looks offline. Use features.images.source: local with a folder of images, or "
+                "set features.images.download.on_unreachable: mark_missing to mark these items as imageless."
+            )
+            if dl["on_unreachable"] != "mark_missing":
+                raise ImageSourceUnreachableError(message)
+            logger.warning(message)
+            for item_id, urls in candidates.items():
+                if urls and all(urlsplit(u).netloc in down for u in urls):
+                    results[item_id] = FetchResult(
+                        "unreachable", url=urls[0], detail=down[urlsplit(urls[0]).netloc]
+                    )
+            todo = [i for i in todo if i not in results]
+
+        def fetch(item_id: str) -> FetchResult:
+            return _fetch_urls([u for u in candidates[item_id] if urlsplit(u).netloc not in down], dl)
+
+    executor = ThreadPoolExecutor(max_workers=max(1, int(dl["workers"])))
+    try:
+        futures = {executor.submit(fetch, item_id): item_id for item_id in todo}
+        for future in tqdm(
+            as_completed(futures), total=len(futures), desc="images", unit="img", disable=None
+        ):
+            item_id = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # a bug or odd input for one item must not sink the whole run
+                result = FetchResult("error", detail=f"{type(exc).__name__}: {exc}"[:200])
+            if result.status == "ok":
+                if result.data is not None:
+                    image_store.put(item_id, result.data, result.ext or "jpg")
+                else:
+                    image_store.put_file(item_id, Path(result.url or ""), result.ext or "jpg")
+            results[item_id] = result
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    rows = []
+    for item_id in item_ids:
+        res = results[item_id]
+        has = res.status in ("ok", "stored")
+        rows.append((item_id, has, res.status, source, res.url, res.num_bytes, res.detail))
+    table = pd.DataFrame(rows, columns=AVAILABILITY_COLUMNS).astype(
+        {"item_id": str, "has_image": bool, "status": str, "source": str, "num_bytes": "Int64"}
+    )
+    counts = Counter(table["status"])
+    have = int(table["has_image"].sum())
+    logger.info(
+        "Image availability: %d of %d items have an image; %s", have, len(table), dict(sorted(counts.items()))
+    )
+    if counts.get("corrupt"):
+        logger.warning("%d corrupt or undecodable images were treated as missing", counts["corrupt"])
+    return table

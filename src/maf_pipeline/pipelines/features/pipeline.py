@@ -1,0 +1,76 @@
+"""Wiring of the features pipeline; one node per modality so each can be recomputed alone.
+
+``image_store`` and ``feature_cache`` are handles (inputs only): Kedro forbids a dataset being both input and
+output of one node, and both stores must be read and grown by the same node, item by item.
+"""
+
+from kedro.pipeline import Node, Pipeline
+
+from .images import acquire_images
+from .nodes import build_features_manifest, encode_categories, encode_images, encode_texts
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """``acquire_images`` (before the completeness filter), then the encoders once ``item_index`` is fixed."""
+    return Pipeline(
+        [
+            Node(
+                acquire_images,
+                inputs=[
+                    "deduplicated_interactions",
+                    "items",
+                    "local_images",
+                    "image_store",
+                    "params:features.images",
+                ],
+                outputs="image_availability",
+                name="acquire_images",
+            ),
+            Node(
+                encode_images,
+                inputs=[
+                    "item_index",
+                    "image_availability",
+                    "image_store",
+                    "feature_cache",
+                    "params:features.image_encoder",
+                    "params:features.cache",
+                    "params:seed",
+                ],
+                outputs="image_features",
+                name="encode_images",
+            ),
+            Node(
+                encode_texts,
+                inputs=[
+                    "item_index",
+                    "filtered_items",
+                    "feature_cache",
+                    "params:features.text_encoder",
+                    "params:features.cache",
+                    "params:seed",
+                ],
+                outputs="text_features",
+                name="encode_texts",
+            ),
+            Node(
+                encode_categories,
+                inputs=["item_index", "filtered_items", "params:features.categories"],
+                outputs=["category_features", "category_vocabulary"],
+                name="encode_categories",
+            ),
+            Node(
+                build_features_manifest,
+                inputs=[
+                    "image_features",
+                    "text_features",
+                    "category_features",
+                    "category_vocabulary",
+                    "image_availability",
+                    "item_index",
+                ],
+                outputs="features_manifest",
+                name="build_features_manifest",
+            ),
+        ]
+    )
