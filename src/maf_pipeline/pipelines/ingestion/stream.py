@@ -1,0 +1,394 @@
+"""Streaming JSON-lines reading: gzip decoded in a background thread, Arrow parsing per block, line fallback.
+
+Memory stays bounded by a few blocks whatever the file size: the decoder thread cuts the decompressed stream
+into blocks of whole lines, Arrow parses each block with an explicit schema (only the wanted fields are
+materialised), and a block that Arrow rejects is bisected so that only the pieces holding bad lines go through
+the slow per-line parser.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import logging
+import queue
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.json as pj
+from isal import isal_zlib
+
+from maf_pipeline.datasets import RawSource
+
+logger = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+_END = object()
+# Pieces smaller than this go straight to the per-line parser instead of being bisected further.
+MIN_BISECT_BYTES = 256 * 1024
+
+
+class IngestionError(ValueError):
+    """A raw file cannot be ingested; the message names the file and says why."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """Whole lines of decompressed input, with the file line number of the first one (1-based)."""
+
+    data: bytes
+    first_line: int
+    compressed_pos: int
+
+
+class BlockReader:
+    """Iterates over blocks of whole lines of a raw file, plain or gzip (detected from the magic bytes).
+
+    Decompression (ISA-L, which releases the GIL) runs in a background thread feeding a small bounded queue,
+    so it overlaps with Arrow parsing in the consumer. Use as a context manager: the thread stops on exit.
+    """
+
+    def __init__(self, source: RawSource, block_bytes: int, chunk_bytes: int = 1 << 20, queue_size: int = 2):
+        self.source = source
+        self.block_bytes = max(int(block_bytes), 1 << 16)
+        self.chunk_bytes = chunk_bytes
+        self.compression = "unknown"
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> BlockReader:
+        self._thread = threading.Thread(target=self._produce, name=f"decode-{self.source.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        while self._thread is not None and self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # unblock a producer waiting on a full queue
+                self._queue.get(timeout=0.05)
+        self._thread = None
+
+    def __iter__(self) -> Iterator[Block]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        try:
+            self._decode_into_blocks()
+        except IngestionError as err:
+            self._put(err)
+        except isal_zlib.error as err:
+            self._put(IngestionError(f"{self.source.name}: corrupt gzip data ({err})"))
+        except (OSError, EOFError) as err:
+            self._put(IngestionError(f"{self.source.name}: cannot read the file ({err})"))
+        except BaseException as err:  # pragma: no cover - re-raised in the consumer thread
+            self._put(err)
+        self._put(_END)
+
+    def _decode_into_blocks(self) -> None:
+        name = self.source.name
+        pending: list[bytes] = []
+        pending_len = 0
+        line_no = 1
+        with self.source.open("rb") as handle:
+            chunk = handle.read(self.chunk_bytes)
+            gzipped = chunk[:2] == GZIP_MAGIC
+            self.compression = "gzip" if gzipped else "none"
+            decoder = isal_zlib.decompressobj(wbits=31) if gzipped else None
+            while chunk and not self._stop.is_set():
+                self.bytes_in += len(chunk)
+                if decoder is None:
+                    out = chunk
+                else:
+                    out, decoder = _inflate(decoder, chunk)
+                if out:
+                    pending.append(out)
+                    pending_len += len(out)
+                if pending_len >= self.block_bytes:
+                    buf = b"".join(pending)
+                    cut = buf.rfind(b"\n") + 1
+                    if cut:  # else: a line longer than the block; keep reading until it ends
+                        if not self._put(Block(buf[:cut], line_no, self.bytes_in)):
+                            return
+                        line_no += buf.count(b"\n", 0, cut)
+                        self.bytes_out += cut
+                        pending, pending_len = [buf[cut:]], len(buf) - cut
+                    else:
+                        pending, pending_len = [buf], len(buf)
+                chunk = handle.read(self.chunk_bytes)
+            if decoder is not None and not decoder.eof and not self._stop.is_set():
+                raise IngestionError(
+                    f"{name}: truncated gzip file: the compressed stream ends before its end marker "
+                    f"(after {self.bytes_in:,} compressed bytes, {self.bytes_out + pending_len:,} decoded)"
+                )
+        tail = b"".join(pending)
+        if tail:
+            self.bytes_out += len(tail)
+            self._put(Block(tail, line_no, self.bytes_in))
+
+
+def _inflate(decoder: Any, chunk: bytes) -> tuple[bytes, Any]:
+    """Decompress one chunk, following gzip member boundaries (concatenated members are one stream)."""
+    parts = []
+    data = chunk
+    while data:
+        if decoder.eof:
+            decoder = isal_zlib.decompressobj(wbits=31)
+        parts.append(decoder.decompress(data))
+        data = decoder.unused_data if decoder.eof else b""
+    return b"".join(parts), decoder
+
+
+def first_records(data: bytes, max_records: int) -> tuple[list[dict], int, bool]:
+    """Parse up to ``max_records`` non-blank lines at the start of ``data`` for format detection.
+
+    Returns the parsed objects, how many lines were tried, and whether Python-literal parsing was needed.
+    """
+    records: list[dict] = []
+    tried = 0
+    literal = False
+    start = 0
+    while tried < max_records and start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        line = data[start:end].strip()
+        start = end + 1
+        if not line:
+            continue
+        tried += 1
+        obj, used_literal = _loads(line, allow_literal=True)
+        if isinstance(obj, dict):
+            records.append(obj)
+            literal = literal or used_literal
+    return records, tried, literal
+
+
+def _loads(line: bytes, allow_literal: bool) -> tuple[Any, bool]:
+    """Parse one line as JSON, else (2014 metadata) as a Python literal; ``None`` when it is neither."""
+    try:
+        return orjson.loads(line), False
+    except orjson.JSONDecodeError:
+        pass
+    if allow_literal:
+        try:
+            return ast.literal_eval(line.decode("utf-8", errors="strict")), True
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
+            pass
+    return None, False
+
+
+@dataclass
+class ParseStats:
+    """Per-file counters: non-blank lines seen, skipped lines by reason, the first bad line numbers."""
+
+    max_examples: int = 10
+    lines: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    examples: list[tuple[int, str]] = field(default_factory=list)
+    fallback_pieces: int = 0
+    fallback_bytes: int = 0
+
+    def bad(self, reason: str, line_numbers: Any, count: int | None = None) -> None:
+        """Count ``count`` (default: all given) bad lines and remember the first few line numbers."""
+        line_numbers = list(line_numbers)
+        self.skipped[reason] += len(line_numbers) if count is None else count
+        line_numbers = line_numbers[: self.max_examples]
+        self.examples = sorted(self.examples + [(int(n), reason) for n in line_numbers])[: self.max_examples]
+
+    @property
+    def wants_examples(self) -> bool:
+        """Whether more bad line numbers are still worth collecting (blocks arrive in file order)."""
+        return len(self.examples) < self.max_examples
+
+    @property
+    def skipped_total(self) -> int:
+        """All skipped lines."""
+        return sum(self.skipped.values())
+
+
+@dataclass
+class Piece:
+    """A parsed run of lines: an Arrow table with one row per non-blank line that parsed as an object."""
+
+    table: pa.Table
+    data: bytes
+    first_line: int
+    lines: np.ndarray | None = None  # file line number of each row, computed on demand
+
+    def line_numbers(self) -> np.ndarray:
+        """File line number of each row (blank and malformed lines have no row)."""
+        if self.lines is None:
+            numbers = [self.first_line + i for i, line in enumerate(self.data.split(b"\n")) if line.strip()]
+            self.lines = np.asarray(numbers[: self.table.num_rows], dtype=np.int64)
+        return self.lines
+
+
+class BlockParser:
+    """Parses blocks into Arrow tables of a fixed schema: Arrow first, a per-line parser as fallback."""
+
+    def __init__(
+        self,
+        schema: pa.Schema,
+        stats: ParseStats,
+        *,
+        allow_literals: bool = False,
+        arrow_first: bool = True,
+        arrow_block_bytes: int = 2 << 20,
+    ) -> None:
+        self.schema = schema
+        self.stats = stats
+        # the per-line parser also accepts Python dict literals (2014 metadata)
+        self.allow_literals = allow_literals
+        # False when the file is known to be Python literals: Arrow would only fail
+        self.arrow_first = arrow_first
+        self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+        self._read_options = pj.ReadOptions(block_size=max(int(arrow_block_bytes), 1 << 16), use_threads=True)
+
+    def parse(self, block: Block) -> list[Piece]:
+        """Parse one block; bad lines are counted in ``stats`` and left out of the returned pieces."""
+        return self._parse(block.data, block.first_line)
+
+    def _parse(self, data: bytes, first_line: int) -> list[Piece]:
+        if self.arrow_first:
+            try:
+                table = pj.read_json(
+                    pa.BufferReader(data), read_options=self._read_options, parse_options=self._parse_options
+                )
+                self.stats.lines += table.num_rows
+                return [Piece(table, data, first_line)]
+            except pa.ArrowInvalid as err:
+                if "Empty JSON file" in str(err):
+                    return []
+            if len(data) > MIN_BISECT_BYTES:
+                mid = data.rfind(b"\n", 0, len(data) // 2) + 1
+                if 0 < mid < len(data):
+                    head_lines = data.count(b"\n", 0, mid)
+                    head = self._parse(data[:mid], first_line)
+                    return head + self._parse(data[mid:], first_line + head_lines)
+        return [self._parse_lines(data, first_line)]
+
+    def _parse_lines(self, data: bytes, first_line: int) -> Piece:
+        """Slow path: parse line by line, coercing types, skipping (with line numbers) what cannot be read."""
+        self.stats.fallback_pieces += 1
+        self.stats.fallback_bytes += len(data)
+        names = self.schema.names
+        types = [self.schema.field(n).type for n in names]
+        columns: list[list[Any]] = [[] for _ in names]
+        row_lines: list[int] = []
+        malformed: list[int] = []
+        bad_value: list[int] = []
+        for offset, raw in enumerate(data.split(b"\n")):
+            line = raw.strip()
+            if not line:
+                continue
+            number = first_line + offset
+            self.stats.lines += 1
+            obj, _ = _loads(line, allow_literal=self.allow_literals)
+            if not isinstance(obj, dict):
+                malformed.append(number)
+                continue
+            try:
+                values = [coerce(obj.get(n), t) for n, t in zip(names, types, strict=True)]
+            except (TypeError, ValueError, OverflowError):
+                bad_value.append(number)
+                continue
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+            row_lines.append(number)
+        if malformed:
+            self.stats.bad("malformed", malformed)
+        if bad_value:
+            self.stats.bad("bad_value", bad_value)
+        arrays = [pa.array(col, type=t) for col, t in zip(columns, types, strict=True)]
+        table = pa.Table.from_arrays(arrays, schema=self.schema)
+        return Piece(table, data, first_line, np.asarray(row_lines, dtype=np.int64))
+
+
+def coerce(value: Any, arrow_type: pa.DataType) -> Any:
+    """Coerce one JSON value to ``arrow_type`` the way a lenient reader would; raises on impossible values."""
+    if value is None:
+        return None
+    if pa.types.is_string(arrow_type):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            raise TypeError("bool where a string is expected")
+        if isinstance(value, int | float):
+            return str(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return " ".join(value)
+        raise TypeError(f"{type(value).__name__} where a string is expected")
+    if pa.types.is_floating(arrow_type):
+        if isinstance(value, bool):
+            raise TypeError("bool where a number is expected")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            return float(value.replace(",", "").strip())
+        raise TypeError(f"{type(value).__name__} where a number is expected")
+    if pa.types.is_integer(arrow_type):
+        if isinstance(value, bool):
+            raise TypeError("bool where an integer is expected")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            text = value.replace(",", "").strip()
+            return int(text) if text.lstrip("-").isdigit() else _integral(float(text))
+        raise TypeError(f"{type(value).__name__} where an integer is expected")
+    if pa.types.is_list(arrow_type):
+        inner = arrow_type.value_type
+        if isinstance(value, str | dict) or not isinstance(value, list | tuple):
+            value = [value]
+        elif pa.types.is_list(inner) and not any(isinstance(v, list | tuple) for v in value):
+            value = [value]  # a single path where a list of paths is expected
+        out = []
+        for element in value:
+            try:
+                coerced = coerce(element, inner)
+            except (TypeError, ValueError, OverflowError):
+                continue  # one odd element of a list does not spoil the record
+            if coerced is not None:
+                out.append(coerced)
+        return out
+    if pa.types.is_struct(arrow_type):
+        if not isinstance(value, dict):
+            raise TypeError(f"{type(value).__name__} where an object is expected")
+        result = {}
+        for sub in arrow_type:
+            try:
+                result[sub.name] = coerce(value.get(sub.name), sub.type)
+            except (TypeError, ValueError, OverflowError):
+                result[sub.name] = None
+        return result
+    raise TypeError(f"unsupported Arrow type {arrow_type}")  # pragma: no cover - schemas are fixed in code
+
+
+def _integral(number: float) -> int:
+    if not number.is_integer():
+        raise ValueError(f"{number} is not an integer")
+    return int(number)
