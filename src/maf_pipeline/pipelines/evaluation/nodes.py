@@ -1,0 +1,156 @@
+"""Evaluation nodes: leave-one-out ranking metrics of a trained model and of the popularity floor.
+
+Protocols (``evaluation.protocol``): ``full`` ranks the target among all items except padding (optionally
+minus the user's earlier items, ``mask_history``, default off as in RecBole); ``sampled`` ranks it among
+``num_negatives`` seeded random items the user never interacted with. Ties are pessimistic (see
+:mod:`maf_pipeline.metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from maf_pipeline.metrics import metric_values, rank_targets, sample_negatives, summarize
+from maf_pipeline.models import Popularity, model_from_artifact
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("full", "sampled")
+SPLITS = ("valid", "test")
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(
+        "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
+    )
+
+
+def evaluate_scorer(
+    scorer: torch.nn.Module,
+    num_items: int,
+    max_len: int,
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    evaluation_params: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Rank each user's valid and test target with ``scorer`` and return summary metrics and per-user rows."""
+    p = evaluation_params
+    protocol, ks = p.get("protocol", "full"), [int(k) for k in p.get("ks", [10, 20])]
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"evaluation.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    mask_history = bool(p.get("mask_history", False))
+    device = _device(p.get("device", "auto"))
+    scorer = scorer.to(device)
+    train_items = dict(zip(train_sequences["user_idx"], train_sequences["items"], strict=True))
+    valid_target = dict(zip(valid_sequences["user_idx"], valid_sequences["target"], strict=True))
+    test_target = dict(zip(test_sequences["user_idx"], test_sequences["target"], strict=True))
+    empty = np.empty(0, dtype=np.int64)
+
+    def earlier(user: int, split: str) -> np.ndarray:
+        items = np.asarray(train_items.get(user, empty), dtype=np.int64)
+        return np.append(items, valid_target[user]) if split == "test" else items
+
+    metrics: dict[str, Any] = {
+        "protocol": protocol,
+        "mask_history": mask_history,
+        "num_negatives": int(p.get("num_negatives", 100)) if protocol == "sampled" else None,
+        "tie_rule": "pessimistic",
+        "num_items": int(num_items),
+    }
+    frames = []
+    for offset, (split, frame) in enumerate(zip(SPLITS, (valid_sequences, test_sequences), strict=True)):
+        users = frame["user_idx"].to_numpy(dtype=np.int64)
+        histories = [np.asarray(h, dtype=np.int64) for h in frame["history"]]
+        targets = frame["target"].to_numpy(dtype=np.int64)
+        exclude = negatives = None
+        if protocol == "sampled":
+            seen = [np.concatenate([earlier(u, "test"), [test_target.get(u, 0)]]) for u in users]
+            negatives = sample_negatives(seen, num_items, int(p.get("num_negatives", 100)), seed + offset)
+        elif mask_history:
+            exclude = [earlier(u, split) for u in users]
+        ranks = rank_targets(
+            scorer,
+            histories,
+            targets,
+            max_len,
+            int(p.get("batch_size", 512)),
+            exclude,
+            negatives,
+            device,
+            split,
+        )
+        metrics[split] = summarize(ranks, ks)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "user_idx": users,
+                    "split": split,
+                    "target": targets,
+                    "rank": ranks,
+                    **metric_values(ranks, ks),
+                }
+            )
+        )
+    per_user = pd.concat(frames, ignore_index=True)
+    return metrics, per_user
+
+
+def _log(name: str, metrics: dict[str, Any]) -> None:
+    for split in SPLITS:
+        text = " ".join(f"{k} {v:.4f}" for k, v in metrics[split].items() if k != "num_users")
+        logger.info(
+            "%s %s (%s, %d users): %s", name, split, metrics["protocol"], metrics[split]["num_users"], text
+        )
+
+
+def evaluate_model(
+    trained_model: dict[str, Any],
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    image_features: dict[str, Any],
+    text_features: dict[str, Any],
+    category_features: dict[str, Any],
+    evaluation_params: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Restore a ``<model>.trained_model`` artifact and evaluate it on the valid and test splits."""
+    tables = {"image": image_features, "text": text_features, "category": category_features}
+    features = {k: t["features"] for k, t in tables.items() if t is not None and "features" in t}
+    meta = trained_model["__metadata__"]
+    model = model_from_artifact(trained_model, features)
+    metrics, per_user = evaluate_scorer(
+        model, meta["num_items"], meta["max_len"], train_sequences, valid_sequences, test_sequences,
+        evaluation_params, int(seed),
+    )  # fmt: skip
+    metrics.update(
+        architecture=meta["architecture"], best_epoch=meta.get("best_epoch"), seed=meta.get("seed")
+    )
+    _log(meta["architecture"], metrics)
+    return metrics, per_user
+
+
+def evaluate_popularity(
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    item_index: pd.DataFrame,
+    evaluation_params: dict[str, Any],
+    seed: int,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Evaluate the popularity ranking (training interaction counts) with the same protocol and metrics."""
+    num_items = int(item_index["item_idx"].max())
+    pop = Popularity.from_sequences(list(train_sequences["items"]), num_items)
+    metrics, per_user = evaluate_scorer(
+        pop, num_items, 1, train_sequences, valid_sequences, test_sequences, evaluation_params, int(seed)
+    )
+    metrics["architecture"] = "pop"
+    _log("pop", metrics)
+    return metrics, per_user

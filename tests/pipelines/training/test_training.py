@@ -1,0 +1,182 @@
+"""Training nodes: windows, overfitting a tiny set, early stopping, and resume-after-kill determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maf_pipeline.metrics import pessimistic_rank
+from maf_pipeline.models import model_from_artifact
+from maf_pipeline.pipelines.training.nodes import train_model, training_windows
+from maf_pipeline.pipelines.training.pipeline import create_model_pipeline, create_pipeline
+from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
+
+
+def training_params(tmp_path: Path, **overrides: object) -> dict:
+    params = {
+        "epochs": 3,
+        "batch_size": 8,
+        "learning_rate": 1e-2,
+        "objective": "all_positions",
+        "early_stopping": {"metric": "ndcg@20", "patience": None},
+        "ks": [10, 20],
+        "device": "cpu",
+        "bf16": False,
+        "checkpoint_dir": str(tmp_path / "checkpoints"),
+    }
+    params.update(overrides)
+    return params
+
+
+def run(data: dict, features: dict, model_params: dict, params: dict, max_len: int = 6, **kw):
+    return train_model(
+        data["train_sequences"],
+        data["valid_sequences"],
+        data["item_index"],
+        features["image"],
+        features["text"],
+        features["category"],
+        model_params,
+        params,
+        max_len,
+        7,
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("max_len", [1, 3, 50])
+def test_all_positions_windows_cover_each_target_exactly_once(max_len: int) -> None:
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 1000, size=n) for n in (1, 2, 3, 7, 50, 51, 52, 101, 160)]
+    inputs, targets = training_windows(seqs, max_len, "all_positions")
+    assert inputs.shape == targets.shape == (len(inputs), max_len)
+    # every (user's) target s_t, t >= 1, once: pair each target with its preceding input item
+    got = sorted(
+        (int(i), int(t)) for x, y in zip(inputs, targets, strict=True) for i, t in zip(x, y, strict=True) if t
+    )
+    want = sorted((int(s[t - 1]), int(s[t])) for s in seqs for t in range(1, len(s)))
+    assert got == want
+    assert ((inputs > 0) == (targets > 0)).all()  # a target exactly where there is an input
+    for x in inputs:  # right padding: items first, then zeros
+        n = int((x > 0).sum())
+        assert (x[:n] > 0).all() and (x[n:] == 0).all()
+    # the most recent window of the longest sequence has full context
+    last = next(s for s in seqs if len(s) == 160)
+    assert any((x == last[159 - max_len : 159]).all() for x in inputs)
+
+
+def test_last_position_windows_are_prefixes() -> None:
+    seqs = [np.arange(1, 8), np.array([5, 6])]
+    inputs, targets = training_windows(seqs, 3, "last_position")
+    assert len(inputs) == 6 + 1
+    assert (targets > 0).sum(axis=1).tolist() == [1] * 7
+    assert inputs[0].tolist() == [1, 0, 0] and targets[0].tolist() == [2, 0, 0]
+    assert inputs[5].tolist() == [4, 5, 6] and targets[5].tolist() == [0, 0, 7]
+    with pytest.raises(ValueError, match="objective"):
+        training_windows(seqs, 3, "bogus")
+
+
+def test_tiny_dataset_is_overfit(tmp_path: Path) -> None:
+    """Training Recall@10 over every target of the training windows reaches 1.0 on learnable walks."""
+    data = make_sequences(num_users=16, num_items=30, length=(6, 10), seed=1)
+    features = make_features(30)
+    params = tiny_maf_params(d=32, d_mm=16, dropout=0.0, attn_dropout=0.0)
+    artifact, history = run(data, features, params, training_params(tmp_path, epochs=40, batch_size=16))
+    model = model_from_artifact(artifact, {k: v["features"] for k, v in features.items()}).eval()
+    inputs, targets = training_windows(list(data["train_sequences"]["items"]), 6)
+    x, y = torch.from_numpy(inputs), torch.from_numpy(targets)
+    with torch.no_grad():
+        scores = model.score(model(x)[y > 0])
+    ranks = pessimistic_rank(scores, y[y > 0])
+    assert len(ranks) == sum(len(s) - 1 for s in data["train_sequences"]["items"])
+    assert (ranks <= 10).float().mean().item() == 1.0
+    losses = [e["loss"]["id"] for e in history["epochs"]]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_artifact_and_history_contract(tmp_path: Path) -> None:
+    data, features = make_sequences(), make_features(30)
+    artifact, history = run(data, features, tiny_maf_params(), training_params(tmp_path, epochs=2))
+    meta = artifact["__metadata__"]
+    assert meta["architecture"] == "maf" and meta["num_items"] == 30 and meta["max_len"] == 6
+    assert meta["seed"] == 7 and meta["best_epoch"] in (1, 2)
+    assert meta["feature_dims"] == {"image": 12, "text": 8, "category": 5}
+    assert not any(k.startswith("feat_") for k in artifact)
+    assert all(isinstance(v, torch.Tensor) for k, v in artifact.items() if k != "__metadata__")
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    first = history["epochs"][0]
+    assert set(first["loss"]) == {"loss", "id", "image", "text", "category"}
+    assert {"recall@10", "ndcg@20", "mrr"} <= set(first["valid"]) and first["seconds"] > 0
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").rglob("*.pt"))
+
+
+def test_sasrec_trains_through_the_same_node(tmp_path: Path) -> None:
+    data, features = make_sequences(), make_features(30)
+    params = {"architecture": "sasrec", "d": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+    artifact, history = run(data, features, params, training_params(tmp_path, epochs=1))
+    assert artifact["__metadata__"]["architecture"] == "sasrec"
+    assert set(history["epochs"][0]["loss"]) == {"loss", "id"}
+
+
+def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
+    data, features = make_sequences(), make_features(30)
+    params = training_params(tmp_path, epochs=10, learning_rate=0.0, early_stopping={"patience": 2})
+    _, history = run(data, features, tiny_maf_params(), params)
+    assert len(history["epochs"]) == 3 and history["stopped_early"] and history["best_epoch"] == 1
+
+
+class KilledError(RuntimeError):
+    pass
+
+
+def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
+    data, features = make_sequences(seed=3), make_features(30)
+    model_params = tiny_maf_params(fusion="gate", dropout=0.3, attn_dropout=0.3)
+    params = training_params(tmp_path / "a", epochs=4, learning_rate=5e-3)
+    uninterrupted, hist_a = run(data, features, model_params, params)
+
+    params_b = training_params(tmp_path / "b", epochs=4, learning_rate=5e-3, keep_checkpoint=False)
+
+    def kill_after_two(epoch: int) -> None:
+        if epoch == 2:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        run(data, features, model_params, params_b, on_epoch_end=kill_after_two)
+    ckpts = list((tmp_path / "b").rglob("checkpoint.pt"))
+    assert len(ckpts) == 1 and ckpts[0].parent.parent.name == "maf"
+    resumed_epochs = []
+    resumed, hist_b = run(data, features, model_params, params_b, on_epoch_end=resumed_epochs.append)
+    assert resumed_epochs == [3, 4]  # only the missing epochs ran
+    for key, value in uninterrupted.items():
+        if key != "__metadata__":
+            assert torch.equal(value, resumed[key]), key
+    assert uninterrupted["__metadata__"] == resumed["__metadata__"]
+    assert [e["valid"] for e in hist_a["epochs"]] == [e["valid"] for e in hist_b["epochs"]]
+    assert not list((tmp_path / "b").rglob("checkpoint.pt"))  # removed after success
+
+    # a different config never resumes a stale checkpoint
+    with pytest.raises(KilledError):
+        run(data, features, model_params, params_b, on_epoch_end=kill_after_two)
+    changed = run(
+        data, features, {**model_params, "mtl_lambda": 1.0}, params_b, on_epoch_end=resumed_epochs.append
+    )
+    assert resumed_epochs == [3, 4, 1, 2, 3, 4]
+    assert len(changed[1]["epochs"]) == 4
+
+
+def test_pipeline_factory_namespaces_model_outputs_and_parameters() -> None:
+    pipe = create_model_pipeline("sasrec", seed="params:seed_2")
+    assert pipe.outputs() == {"sasrec.trained_model", "sasrec.training_history"}
+    assert "params:sasrec.model" in pipe.inputs()
+    assert {
+        "params:training",
+        "params:sequences.max_len",
+        "params:seed_2",
+        "train_sequences",
+    } <= pipe.inputs()
+    assert "image_features" in pipe.inputs()
+    assert create_pipeline().outputs() == {"maf.trained_model", "maf.training_history"}
