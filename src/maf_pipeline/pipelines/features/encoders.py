@@ -214,7 +214,10 @@ def _load_state_dict(path: str) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped: the 528 MB VGG16 checkpoint is assigned to the model without a copy
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # checkpoints in the legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def build_image_encoder(arch: str, choice: WeightsChoice, seed: int) -> VGGFc7:
