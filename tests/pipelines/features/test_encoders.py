@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -36,21 +35,6 @@ def _listening():
         s.bind(("127.0.0.1", 0))
         s.listen()
         yield s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def vgg16_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A full-size torchvision VGG16 state dict (138 M parameters, 528 MB), random values, hub layout.
-
-    The real architecture, not a scaled-down stand-in, so the test proves that a genuine ImageNet checkpoint
-    loads strictly into our fc7 extractor. Creating and saving it takes ~5 s here; loading is memory-mapped.
-    """
-    shapes = encoders._vgg_architecture("vgg16", "meta").state_dict()
-    gen = torch.Generator().manual_seed(0)
-    state = {k: torch.empty(v.shape).normal_(0, 0.01, generator=gen) for k, v in shapes.items()}
-    path = tmp_path_factory.mktemp("vgg") / "vgg16-random.pth"
-    torch.save(state, path)
-    return path
 
 
 def _items(n: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -99,7 +83,7 @@ def test_vgg_fc7_extractor_holds_the_checkpoint_and_stops_after_the_second_relu(
         {"arch": "vgg16", "weights": str(vgg16_checkpoint), "allow_download": False}
     )
     model = build_image_encoder("vgg16", choice, seed=0)
-    state = torch.load(vgg16_checkpoint, weights_only=True)
+    state = torch.load(vgg16_checkpoint, weights_only=True, mmap=True)
     assert isinstance(model, VGGFc7) and not model.training
     kinds = [type(m).__name__ for m in model.classifier]
     assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU"]

@@ -104,18 +104,20 @@ def _encode_with_cache(
     if todo:
         batches = encode(todo)
         start = time.perf_counter()
-        with tqdm(total=len(todo), desc=f"{modality} features", unit="item", disable=None) as bar:
-            for ids, feats, bad in batches:
-                feats = feats.to("cpu", dtype)
-                failed.extend(bad)
-                if ids:
-                    rows.update(zip(ids, feats, strict=True))
-                    pending[0].extend(ids)
-                    pending[1].append(feats)
-                if len(pending[0]) >= flush_every:
-                    flush()
-                bar.update(len(ids) + len(bad))
-        flush()
+        try:
+            with tqdm(total=len(todo), desc=f"{modality} features", unit="item", disable=None) as bar:
+                for ids, feats, bad in batches:
+                    feats = feats.to("cpu", dtype)
+                    failed.extend(bad)
+                    if ids:
+                        rows.update(zip(ids, feats, strict=True))
+                        pending[0].extend(ids)
+                        pending[1].append(feats)
+                    if len(pending[0]) >= flush_every:
+                        flush()
+                    bar.update(len(ids) + len(bad))
+        finally:  # also when interrupted: every finished row is kept for the next run
+            flush()
     seconds = time.perf_counter() - start
     encoded = len(todo) - len(failed)
     rate = encoded / seconds if seconds > 0 else 0.0

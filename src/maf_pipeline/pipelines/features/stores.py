@@ -166,27 +166,24 @@ class CacheTable:
     def _shards(self) -> list[Path]:
         return sorted(self.directory.glob("shard-*.safetensors")) if self.directory.is_dir() else []
 
-    def load(self) -> dict[str, tuple[str, torch.Tensor]]:
-        """Every cached row: ``item_id -> (content fingerprint, 1-D tensor)``; later shards win."""
-        rows: dict[str, tuple[str, torch.Tensor]] = {}
+    def load(self) -> dict[tuple[str, str], torch.Tensor]:
+        """Every cached row: ``(item_id, content fingerprint) -> 1-D tensor``; later shards win."""
+        rows: dict[tuple[str, str], torch.Tensor] = {}
         for shard in self._shards():
             with safe_open(str(shard), framework="pt") as handle:
                 meta = json.loads((handle.metadata() or {}).get("index", "{}"))
                 features = handle.get_tensor("features")
-            for pos, (item_id, fingerprint) in enumerate(
-                zip(meta["item_ids"], meta["fingerprints"], strict=True)
-            ):
-                rows[item_id] = (fingerprint, features[pos])
+            for pos, key in enumerate(zip(meta["item_ids"], meta["fingerprints"], strict=True)):
+                rows[key] = features[pos]
         return rows
 
     def lookup(self, item_ids: Iterable[str], fingerprints: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Cached rows of the given items whose content fingerprint still matches."""
+        """Cached rows of the given items with this content (an item whose text or image changed is a miss)."""
         rows = self.load()
         hits = {}
-        for item_id, fingerprint in zip(item_ids, fingerprints, strict=True):
-            cached = rows.get(item_id)
-            if cached is not None and cached[0] == fingerprint:
-                hits[item_id] = cached[1]
+        for key in zip(item_ids, fingerprints, strict=True):
+            if (row := rows.get(key)) is not None:
+                hits[key[0]] = row
         return hits
 
     def append(self, item_ids: Sequence[str], fingerprints: Sequence[str], features: torch.Tensor) -> None:
