@@ -10,7 +10,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from maf_pipeline.datasets import RawSource
+if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch (~600 MB of RSS)
+    from maf_pipeline.datasets import RawSource
 
 from .cleaning import (
     clean_path,

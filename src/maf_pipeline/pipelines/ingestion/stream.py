@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.json as pj
 from isal import isal_zlib
 
-from maf_pipeline.datasets import RawSource
+if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch
+    from maf_pipeline.datasets import RawSource
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,13 @@ class BlockReader:
     so it overlaps with Arrow parsing in the consumer. Use as a context manager: the thread stops on exit.
     """
 
-    def __init__(self, source: RawSource, block_bytes: int, chunk_bytes: int = 1 << 20, queue_size: int = 2):
+    def __init__(
+        self, source: RawSource, block_bytes: int, chunk_bytes: int | None = None, queue_size: int = 2
+    ) -> None:
         self.source = source
         self.block_bytes = max(int(block_bytes), 1 << 16)
-        self.chunk_bytes = chunk_bytes
+        # compressed bytes read, and decompressed bytes produced, at a time
+        self.chunk_bytes = chunk_bytes or min(1 << 20, self.block_bytes // 4)
         self.compression = "unknown"
         self.bytes_in = 0
         self.bytes_out = 0
@@ -109,57 +113,67 @@ class BlockReader:
         self._put(_END)
 
     def _decode_into_blocks(self) -> None:
-        name = self.source.name
         pending: list[bytes] = []
         pending_len = 0
         line_no = 1
         with self.source.open("rb") as handle:
-            chunk = handle.read(self.chunk_bytes)
-            gzipped = chunk[:2] == GZIP_MAGIC
-            self.compression = "gzip" if gzipped else "none"
-            decoder = isal_zlib.decompressobj(wbits=31) if gzipped else None
-            while chunk and not self._stop.is_set():
-                self.bytes_in += len(chunk)
-                if decoder is None:
-                    out = chunk
-                else:
-                    out, decoder = _inflate(decoder, chunk)
-                if out:
-                    pending.append(out)
-                    pending_len += len(out)
-                if pending_len >= self.block_bytes:
-                    buf = b"".join(pending)
-                    cut = buf.rfind(b"\n") + 1
-                    if cut:  # else: a line longer than the block; keep reading until it ends
-                        if not self._put(Block(buf[:cut], line_no, self.bytes_in)):
-                            return
-                        line_no += buf.count(b"\n", 0, cut)
-                        self.bytes_out += cut
-                        pending, pending_len = [buf[cut:]], len(buf) - cut
-                    else:
-                        pending, pending_len = [buf], len(buf)
-                chunk = handle.read(self.chunk_bytes)
-            if decoder is not None and not decoder.eof and not self._stop.is_set():
-                raise IngestionError(
-                    f"{name}: truncated gzip file: the compressed stream ends before its end marker "
-                    f"(after {self.bytes_in:,} compressed bytes, {self.bytes_out + pending_len:,} decoded)"
-                )
+            for out in self._decoded(handle):
+                if self._stop.is_set():
+                    return
+                pending.append(out)
+                pending_len += len(out)
+                if pending_len < self.block_bytes:
+                    continue
+                buf = b"".join(pending)
+                cut = buf.rfind(b"\n") + 1
+                if not cut:  # a line longer than the block: keep reading until it ends
+                    pending = [buf]
+                    continue
+                if not self._put(Block(buf[:cut], line_no, self.bytes_in)):
+                    return
+                line_no += buf.count(b"\n", 0, cut)
+                self.bytes_out += cut
+                pending, pending_len = [buf[cut:]], len(buf) - cut
         tail = b"".join(pending)
         if tail:
             self.bytes_out += len(tail)
             self._put(Block(tail, line_no, self.bytes_in))
 
+    def _decoded(self, handle: Any) -> Iterator[bytes]:
+        """Decompressed data in pieces of at most ``chunk_bytes`` (a highly compressible file stays bounded).
 
-def _inflate(decoder: Any, chunk: bytes) -> tuple[bytes, Any]:
-    """Decompress one chunk, following gzip member boundaries (concatenated members are one stream)."""
-    parts = []
-    data = chunk
-    while data:
-        if decoder.eof:
-            decoder = isal_zlib.decompressobj(wbits=31)
-        parts.append(decoder.decompress(data))
-        data = decoder.unused_data if decoder.eof else b""
-    return b"".join(parts), decoder
+        Concatenated gzip members are one stream; input that ends inside a member is a truncated file.
+        """
+        chunk = handle.read(self.chunk_bytes)
+        gzipped = chunk[:2] == GZIP_MAGIC
+        self.compression = "gzip" if gzipped else "none"
+        decoder = isal_zlib.decompressobj(wbits=31) if gzipped else None
+        limit = self.chunk_bytes
+        while chunk:
+            self.bytes_in += len(chunk)
+            if decoder is None:
+                yield chunk
+            else:
+                data = chunk
+                while True:
+                    out = decoder.decompress(data, limit)
+                    if out:
+                        yield out
+                    if decoder.eof:
+                        data = decoder.unused_data
+                        if not data:
+                            break
+                        decoder = isal_zlib.decompressobj(wbits=31)  # the next member
+                        continue
+                    data = decoder.unconsumed_tail
+                    if not data and len(out) < limit:
+                        break
+            chunk = handle.read(self.chunk_bytes)
+        if decoder is not None and not decoder.eof:
+            raise IngestionError(
+                f"{self.source.name}: truncated gzip file: the compressed stream ends before its end marker "
+                f"(after {self.bytes_in:,} compressed bytes)"
+            )
 
 
 def first_records(data: bytes, max_records: int) -> tuple[list[dict], int, bool]:
@@ -257,8 +271,10 @@ class BlockParser:
         allow_literals: bool = False,
         arrow_first: bool = True,
         arrow_block_bytes: int = 2 << 20,
+        min_bisect_bytes: int = MIN_BISECT_BYTES,
     ) -> None:
         self.schema = schema
+        self.min_bisect_bytes = min_bisect_bytes
         self.stats = stats
         # the per-line parser also accepts Python dict literals (2014 metadata)
         self.allow_literals = allow_literals
@@ -282,7 +298,7 @@ class BlockParser:
             except pa.ArrowInvalid as err:
                 if "Empty JSON file" in str(err):
                     return []
-            if len(data) > MIN_BISECT_BYTES:
+            if len(data) > self.min_bisect_bytes:
                 mid = data.rfind(b"\n", 0, len(data) // 2) + 1
                 if 0 < mid < len(data):
                     head_lines = data.count(b"\n", 0, mid)
