@@ -18,9 +18,10 @@ import pyarrow.compute as pc
 # mid-tag ('<span class="a-size-medium ...'), so an unclosed tag runs to the end of the string.
 TAG_PATTERN = r"<[A-Za-z/!][^>]*(?:>|$)"
 _WHITESPACE = r"[\s\p{Z}]+"
-# Amazon image URLs carry a size/crop directive before the extension ("X._SX38_SY50_CR,0,0,38,50_.jpg");
-# dropping it gives the full-size image.
-THUMBNAIL_PATTERN = r"\._[^/]*_\.(jpe?g|png|gif|webp)$"
+# Amazon image URLs carry size/crop directives between the image id and the extension
+# ("I/51Iph04Jy3L._SX38_SY50_CR,0,0,38,50_.jpg"); dropping them gives the full-size image
+# ("I/51Iph04Jy3L.jpg"). 2018 imageURLHighRes lists sometimes keep a part ("._SX35_SY46.jpg"): cut too.
+THUMBNAIL_PATTERN = r"\._[^/]*\.(jpe?g|png|gif|webp)$"
 _TAG_RE = re.compile(TAG_PATTERN)
 _WS_RE = re.compile(r"\s+")
 _ALT_RE = re.compile(r"""alt=["']([^"']*)["']""")

@@ -1,0 +1,109 @@
+"""Field cleaning (HTML, entities, whitespace, category paths, image URLs) and format detection rules."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from maf_pipeline.pipelines.ingestion.cleaning import (
+    clean_label,
+    clean_path,
+    clean_text,
+    first_non_empty_list,
+    full_size_urls,
+    join_text,
+    most_specific_path,
+)
+from maf_pipeline.pipelines.ingestion.formats import detect_format
+from maf_pipeline.pipelines.ingestion.stream import IngestionError
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ('<span class="a-size-medium a-color-secondary"', ""),
+        ('<span class="a-size-medium a-color-base">Wrap  Dress</span>', "Wrap Dress"),
+        ("Shoes &amp; Boots", "Shoes & Boots"),
+        ("&lt;b&gt;bold&lt;/b&gt; text", "bold text"),
+        ("size < 5 and > 2", "size < 5 and > 2"),
+        ("a\u00a0b\n\tc  ", "a b c"),
+        ("caf&eacute; &#39;x&#39;", "café 'x'"),
+        ("<p>one</p><p>two</p>", "one two"),
+        ("<!-- note -->kept", "kept"),
+        (None, ""),
+    ],
+)
+def test_clean_text(raw, clean):
+    assert clean_text(pa.array([raw], type=pa.string())).to_pylist() == [clean]
+
+
+def test_join_text_skips_empty_parts():
+    joined = join_text([pa.array(["Title", "", "T"]), pa.array(["desc", "only desc", ""])])
+    assert joined.to_pylist() == ["Title desc", "only desc", "T"]
+
+
+def test_category_labels_and_paths():
+    assert clean_label("Arts, Music &amp; Photography") == "Arts, Music & Photography"
+    assert (
+        clean_label('<img src="https://x/y.png" class="nav-categ-image" alt="AMAZON FASHION"/>')
+        == "AMAZON FASHION"
+    )
+    assert clean_path(["A", "", " ", None, "B &amp; C", "A", "</span></span>"]) == ["A", "B & C"]
+    assert most_specific_path([["A", "B"], ["C", "D", "E"], ["F", "G", "H"]]) == ["C", "D", "E"]
+    assert most_specific_path([]) == []
+    assert most_specific_path(None) == []
+
+
+def test_image_urls_prefer_full_size():
+    urls = pa.array(
+        [
+            ["https://i/I/51Iph04Jy3L._SX38_SY50_CR,0,0,38,50_.jpg", "", " https://i/I/x._SY300_.png "],
+            None,
+            ["https://i/I/plain.jpg", "https://i/I/41HSPSRZwZL._SX35_SY46.jpg", "https://i/I/a.b/c.jpg"],
+        ],
+        type=pa.list_(pa.string()),
+    ).slice(0)
+    assert full_size_urls(urls, True).to_pylist() == [
+        ["https://i/I/51Iph04Jy3L.jpg", "https://i/I/x.png"],
+        [],
+        ["https://i/I/plain.jpg", "https://i/I/41HSPSRZwZL.jpg", "https://i/I/a.b/c.jpg"],
+    ]
+    assert full_size_urls(urls, False).to_pylist()[0] == [
+        "https://i/I/51Iph04Jy3L._SX38_SY50_CR,0,0,38,50_.jpg",
+        "https://i/I/x._SY300_.png",
+    ]
+    # a sliced input (offsets not starting at 0) keeps its rows
+    assert full_size_urls(urls.slice(2), True).to_pylist()[0][0] == "https://i/I/plain.jpg"
+
+
+def test_first_non_empty_list():
+    t = pa.list_(pa.string())
+    high = pa.array([["h"], [], None], type=t)
+    low = pa.array([["l"], ["l2"], []], type=t)
+    thumb = pa.array([["t"], ["t2"], ["t3"]], type=t)
+    assert first_non_empty_list(high, low, thumb).to_pylist() == [["h"], ["l2"], ["t3"]]
+
+
+@pytest.mark.parametrize(
+    ("keys", "kind", "expected"),
+    [
+        ({"reviewerID", "asin", "overall", "unixReviewTime", "verified", "style"}, "reviews", "2018"),
+        ({"reviewerID", "asin", "overall", "unixReviewTime", "helpful"}, "reviews", "2014"),
+        ({"user_id", "parent_asin", "asin", "rating", "timestamp", "helpful_vote"}, "reviews", "2023"),
+        ({"asin", "title", "category", "image", "main_cat"}, "metadata", "2018"),
+        ({"asin", "title", "imageURL", "imageURLHighRes", "category"}, "metadata", "2018"),
+        ({"asin", "title", "imUrl", "categories", "salesRank"}, "metadata", "2014"),
+        ({"parent_asin", "main_category", "images", "categories", "features"}, "metadata", "2023"),
+    ],
+)
+def test_detect_format(keys, kind, expected):
+    records = [dict.fromkeys(keys, "x") for _ in range(3)]
+    assert detect_format(records, kind, False, "f.json", 3) == expected
+
+
+def test_detect_format_python_literals_and_failures():
+    assert detect_format([{"asin": "1"}], "metadata", True, "m.json", 1) == "2014"
+    with pytest.raises(IngestionError, match=r"f\.json: unknown reviews format.*\['a', 'b'\]"):
+        detect_format([{"a": 1, "b": 2}], "reviews", False, "f.json", 1)
+    with pytest.raises(IngestionError, match="none of the first 4 non-blank lines"):
+        detect_format([], "metadata", False, "f.json", 4)

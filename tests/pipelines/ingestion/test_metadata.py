@@ -1,0 +1,243 @@
+"""``ingest_metadata``: the three formats, cleaning of text, categories and images, duplicates, bad lines."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from maf_pipeline.pipelines.ingestion.nodes import ingest_metadata
+from maf_pipeline.pipelines.ingestion.stream import IngestionError
+
+from .raw_files import SMALL_BLOCKS
+
+THUMB = "https://images-na.ssl-images-amazon.com/images/I/51Iph04Jy3L._SX38_SY50_CR,0,0,38,50_.jpg"
+FULL = "https://images-na.ssl-images-amazon.com/images/I/51Iph04Jy3L.jpg"
+
+
+def meta_2018(asin: str, **fields) -> dict:
+    """A 2018 metadata line with the real files' field set (empty where not given)."""
+    record = {
+        "category": [],
+        "tech1": "",
+        "description": [],
+        "fit": "",
+        "title": "",
+        "also_buy": [],
+        "image": [],
+        "tech2": "",
+        "brand": "",
+        "feature": [],
+        "rank": [],
+        "also_view": [],
+        "details": {"ASIN: ": asin},
+        "main_cat": "",
+        "similar_item": "",
+        "date": "",
+        "price": "",
+        "asin": asin,
+    }
+    record.update(fields)
+    return record
+
+
+def _rows(frame) -> dict[str, dict]:
+    return {
+        r["item_id"]: {**r, "categories": list(r["categories"]), "image_urls": list(r["image_urls"])}
+        for r in frame.to_dict("records")
+    }
+
+
+def test_2018_fields_are_cleaned(write_raw):
+    records = [
+        meta_2018(
+            "0000031887",
+            title='<span class="a-size-medium a-color-secondary"',  # real titles are cut mid-tag
+            description=["<b>Soft</b> cotton&nbsp;dress &amp; belt.", "", "<br/>Machine   wash"],
+            category=["Clothing, Shoes &amp; Jewelry", "Women", "", "Dresses", "Women"],
+            image=[THUMB, " "],
+            brand="Tom &amp; Co",
+            main_cat="Amazon Fashion",
+            feature=["100% cotton"],
+        ),
+        meta_2018(
+            "B2",
+            title='<span class="a-size-medium a-color-base">Summer Dress</span>',
+            description=["size < 5 is fine"],
+            imageURL=[THUMB],
+            imageURLHighRes=["https://x/hi.jpg"],
+        ),
+    ]
+    frame, report = ingest_metadata(write_raw("meta.json.gz", records), {})
+    assert list(frame.columns) == ["item_id", "title", "text", "categories", "image_urls", "brand"]
+    rows = _rows(frame)
+    assert rows["0000031887"] == {
+        "item_id": "0000031887",
+        "title": "",
+        "text": "Soft cotton dress & belt. Machine wash",
+        "categories": ["Clothing, Shoes & Jewelry", "Women", "Dresses"],
+        "image_urls": [FULL],
+        "brand": "Tom & Co",
+    }
+    assert rows["B2"]["title"] == "Summer Dress"
+    assert rows["B2"]["text"] == "Summer Dress size < 5 is fine"
+    assert rows["B2"]["image_urls"] == ["https://x/hi.jpg"]  # the high-resolution list wins
+    assert rows["B2"]["categories"] == []
+    assert report["format"] == "2018"
+    assert report["items_with"] == {"text": 2, "categories": 1, "image_urls": 2, "brand": 1}
+
+
+def test_options_features_fallback_category_and_thumbnails(write_raw):
+    source = write_raw(
+        "meta.json",
+        [
+            meta_2018(
+                "B1",
+                title="Dress",
+                feature=["Cotton"],
+                image=[THUMB],
+                main_cat='<img src="x" alt="AMAZON FASHION"/>',
+            )
+        ],
+    )
+    options = {"include_features": True, "main_category_fallback": True, "upgrade_thumbnails": False}
+    row = _rows(ingest_metadata(source, {"metadata": options})[0])["B1"]
+    assert row["text"] == "Dress Cotton"
+    assert row["categories"] == ["AMAZON FASHION"]
+    assert row["image_urls"] == [THUMB]
+
+
+def test_duplicate_asins_collapse_to_the_most_complete_record(write_raw):
+    records = [
+        meta_2018("B1", title="First, sparse"),
+        meta_2018("B2", title="Only once", category=["A"]),
+        meta_2018("B1", title="Complete", description=["d"], category=["A", "B"], image=[THUMB], brand="X"),
+        meta_2018("B1", title="Complete too", description=["d"], category=["A"], image=[THUMB], brand="Y"),
+        meta_2018("B3", title="Tie one", brand="P"),
+        meta_2018("B3", title="Tie two", brand="Q"),
+    ]
+    frame, report = ingest_metadata(write_raw("meta.json", records), {})
+    assert frame["item_id"].tolist() == ["B2", "B1", "B3"]  # in the file order of the kept lines
+    rows = _rows(frame)
+    assert rows["B1"]["title"] == "Complete"  # most non-empty fields, then the earliest line
+    assert rows["B3"]["brand"] == "P"
+    assert (report["records"], report["kept"], report["duplicates_collapsed"]) == (6, 3, 3)
+    assert frame["item_id"].is_unique
+    # the choice does not depend on how the file is cut into blocks
+    blocked, _ = ingest_metadata(write_raw("meta2.json", records * 1), SMALL_BLOCKS)
+    assert blocked.equals(frame)
+
+
+def test_2014_python_literal_metadata(write_raw):
+    lines = [
+        "{'asin': '0000031852', 'title': 'Girls Ballet Tutu &amp; Zebra', 'price': 3.17, "
+        "'imUrl': 'http://ecx.images-amazon.com/images/I/51fAmVkTbyL._SY300_.jpg', "
+        "'related': {'also_bought': ['B00JHONN1S']}, 'salesRank': {'Sports &amp; Outdoors': 8547}, "
+        "'categories': [['Sports & Outdoors', 'Other Sports', 'Dance'], "
+        "['Clothing, Shoes & Jewelry', 'Girls', 'Clothing', 'Active', 'Skirts']], 'brand': 'Coxlures', "
+        "'description': 'A <i>cute</i> tutu'}",
+        "{'asin': 'B0001', 'categories': [['Clothing, Shoes & Jewelry', 'Men']], "
+        "'title': \"Men's \\'Classic\\' tee\"}",
+        "{'asin': 'B0002', 'title': 'broken' 'categories': [[",  # a malformed literal
+    ] + [f"{{'asin': 'C{i}', 'title': 'filler {i}'}}" for i in range(200)]
+    frame, report = ingest_metadata(write_raw("meta_2014.json.gz", lines), {})
+    rows = _rows(frame)
+    assert rows["0000031852"] == {
+        "item_id": "0000031852",
+        "title": "Girls Ballet Tutu & Zebra",
+        "text": "Girls Ballet Tutu & Zebra A cute tutu",
+        "categories": ["Clothing, Shoes & Jewelry", "Girls", "Clothing", "Active", "Skirts"],
+        "image_urls": ["http://ecx.images-amazon.com/images/I/51fAmVkTbyL.jpg"],
+        "brand": "Coxlures",
+    }
+    assert rows["B0001"]["title"] == "Men's 'Classic' tee"
+    assert rows["B0001"]["categories"] == ["Clothing, Shoes & Jewelry", "Men"]
+    assert report["format"] == "2014"
+    assert report["skipped"]["malformed"] == 1
+    assert report["first_bad_lines"] == [{"line": 3, "reason": "malformed"}]
+    assert len(frame) == 202
+
+
+def test_2023_metadata(write_raw):
+    record = {
+        "main_category": "AMAZON FASHION",
+        "title": "Running Shoe",
+        "average_rating": 4.5,
+        "rating_number": 10,
+        "features": ["Rubber sole"],
+        "description": ["Light <b>and</b> fast"],
+        "price": None,
+        "images": [
+            {
+                "thumb": "https://t/1.jpg",
+                "large": "https://l/1.jpg",
+                "variant": "MAIN",
+                "hi_res": "https://h/1.jpg",
+            },
+            {"thumb": "https://t/2.jpg", "large": "https://l/2.jpg", "variant": "PT01", "hi_res": None},
+        ],
+        "videos": [],
+        "store": "Acme",
+        "categories": ["Clothing, Shoes & Jewelry", "Men", "Shoes"],
+        "details": {"Package Dimensions": "1 x 2 x 3"},
+        "parent_asin": "B0P1",
+        "bought_together": None,
+    }
+    sparse = {"parent_asin": "B0P2", "title": None, "images": [], "categories": [], "main_category": None}
+    frame, report = ingest_metadata(write_raw("meta_2023.json", [record, sparse]), {})
+    rows = _rows(frame)
+    assert rows["B0P1"] == {
+        "item_id": "B0P1",
+        "title": "Running Shoe",
+        "text": "Running Shoe Light and fast",
+        "categories": ["Clothing, Shoes & Jewelry", "Men", "Shoes"],
+        "image_urls": ["https://h/1.jpg", "https://l/2.jpg"],
+        "brand": "Acme",
+    }
+    assert rows["B0P2"] == {
+        "item_id": "B0P2",
+        "title": "",
+        "text": "",
+        "categories": [],
+        "image_urls": [],
+        "brand": "",
+    }
+    assert report["format"] == "2023"
+
+
+def test_missing_asin_is_counted_and_over_the_threshold_fails(write_raw):
+    records = [meta_2018(f"B{i}", title=f"t{i}") for i in range(150)]
+    records.insert(20, {**meta_2018("X"), "asin": None})
+    records.insert(40, {k: v for k, v in meta_2018("Y").items() if k != "asin"})
+    source = write_raw("meta.json", records)
+    with pytest.raises(IngestionError, match=r"meta\.json: 2 of 152 lines .*missing_field: 2"):
+        ingest_metadata(source, {})
+    frame, report = ingest_metadata(source, {"max_bad_fraction": 0.02})
+    assert len(frame) == 150
+    assert report["first_bad_lines"] == [
+        {"line": 21, "reason": "missing_field"},
+        {"line": 41, "reason": "missing_field"},
+    ]
+
+
+def test_detection_forcing_and_unknown_metadata(write_raw):
+    source = write_raw("meta.json", [meta_2018("B1", title="t")])
+    assert ingest_metadata(source, {"format": "2018"})[1]["format_detected"] is None
+    with pytest.raises(IngestionError, match=r"unknown metadata format.*'sku'"):
+        ingest_metadata(write_raw("m.json", [{"sku": 1, "name": "x"}]), {})
+    review = {"reviewerID": "A", "asin": "B", "overall": 5.0, "unixReviewTime": 1}
+    with pytest.raises(IngestionError, match="unknown metadata format"):
+        ingest_metadata(write_raw("r.json", [review]), {})
+
+
+def test_truncated_metadata_gzip_fails_with_the_file_name(tmp_path):
+    import json
+
+    from maf_pipeline.datasets import RawSource
+
+    data = gzip.compress(
+        "".join(json.dumps(meta_2018(f"B{i}")) + "\n" for i in range(3000)).encode(), mtime=0
+    )
+    (tmp_path / "meta_cut.json.gz").write_bytes(data[:-100])
+    with pytest.raises(IngestionError, match=r"meta_cut\.json\.gz: truncated gzip"):
+        ingest_metadata(RawSource(str(tmp_path / "meta_cut.json.gz")), {})
