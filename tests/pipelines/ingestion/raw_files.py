@@ -13,7 +13,7 @@ import pytest
 from maf_pipeline.datasets import RawSource
 
 # Small blocks so that even small test files cross block boundaries.
-SMALL_BLOCKS = {"block_size_mb": 0.0625, "arrow_block_size_mb": 0.0625}
+SMALL_BLOCKS = {"block_size_mb": 0.0625}
 OPEN_WINDOW = {"start": None, "end": None}
 
 

@@ -68,7 +68,7 @@ def test_bisection_sends_only_small_pieces_through_the_line_parser():
     lines[17_000] = json.dumps({"id": "typed", "n": "3.5", "t": "7", "tags": "solo"})  # Arrow rejects types
     data = ("\n".join(lines) + "\n").encode()
     stats = ParseStats()
-    parser = BlockParser(SCHEMA, stats, min_bisect_bytes=16 * 1024, arrow_block_bytes=1 << 20)
+    parser = BlockParser(SCHEMA, stats, min_bisect_bytes=16 * 1024)
     pieces = parser.parse(Block(data, 101, 0))
     table = pa.concat_tables(p.table for p in pieces)
     assert table.num_rows == 19_999
@@ -176,7 +176,7 @@ def test_memory_is_bounded_by_blocks_not_by_file_size(tmp_path):
             tracemalloc.reset_peak()
             frame, report = ingest_reviews(
                 raw_file.RawSource(str(path)),
-                {"block_size_mb": 0.5, "arrow_block_size_mb": 0.5},
+                {"block_size_mb": 0.5},
                 {"start": "2016-01-01", "end": None},
             )
             assert len(frame) == 0 and report["outside_window"] == report["lines_read"] > 0

@@ -17,7 +17,11 @@ import pyarrow.compute as pc
 # A tag starts with a letter, "/" or "!" right after "<" (so "size < 5" survives); real titles can be cut
 # mid-tag ('<span class="a-size-medium ...'), so an unclosed tag runs to the end of the string.
 TAG_PATTERN = r"<[A-Za-z/!][^>]*(?:>|$)"
-_WHITESPACE = r"[\s\p{Z}]+"
+# Runs of whitespace, or single whitespace other than " " (far cheaper for RE2 than rewriting every space).
+_WHITESPACE = (
+    r"[\s\p{Z}]{2,}"
+    r"|[\t\n\r\f\v\x{0085}\x{00A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]"
+)
 # Amazon image URLs carry size/crop directives between the image id and the extension
 # ("I/51Iph04Jy3L._SX38_SY50_CR,0,0,38,50_.jpg"); dropping them gives the full-size image
 # ("I/51Iph04Jy3L.jpg"). 2018 imageURLHighRes lists sometimes keep a part ("._SX35_SY46.jpg"): cut too.
@@ -32,20 +36,18 @@ def clean_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
     values = pc.fill_null(values, "")
     values = pc.replace_substring_regex(values, TAG_PATTERN, " ")
     values = _unescape(values)
-    # escaped markup ("&lt;b&gt;") is markup too
-    values = pc.replace_substring_regex(values, TAG_PATTERN, " ")
     values = pc.replace_substring_regex(values, _WHITESPACE, " ")
     return pc.utf8_trim_whitespace(values)
 
 
 def _unescape(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """``html.unescape`` applied only to the values that contain "&"."""
+    """``html.unescape`` on the values that contain "&" (then tags again: "&lt;b&gt;" is markup too)."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     mask = pc.match_substring(values, "&")
     if not pc.any(mask).as_py():
         return values
-    replaced = [html.unescape(v) for v in values.filter(mask).to_pylist()]
+    replaced = [_TAG_RE.sub(" ", html.unescape(v)) for v in values.filter(mask).to_pylist()]
     return pc.replace_with_mask(values, mask, pa.array(replaced, type=values.type))
 
 

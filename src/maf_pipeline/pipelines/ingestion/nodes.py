@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "format": "auto",
     "max_bad_fraction": 0.01,
     "block_size_mb": 16,
-    "arrow_block_size_mb": 2,
+    "parse_threads": 2,
     "detect_lines": 20,
     "first_bad_lines": 10,
     "metadata": {"upgrade_thumbnails": True, "main_category_fallback": False, "include_features": False},
@@ -89,7 +89,7 @@ def ingest_reviews(
     outside = 0
     with _RawFile(raw_reviews, cfg, "reviews") as raw:
         fmt = REVIEW_FORMATS[raw.format]
-        parser = BlockParser(fmt.schema, stats, arrow_block_bytes=_mb(cfg["arrow_block_size_mb"]))
+        parser = BlockParser(fmt.schema, stats, threads=int(cfg["parse_threads"]))
         for piece in raw.pieces(parser):
             table, n_outside = _review_rows(piece, fmt, lo, hi, stats)
             outside += n_outside
@@ -122,7 +122,7 @@ def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd
             stats,
             allow_literals=raw.format == "2014",
             arrow_first=not raw.python_literals,
-            arrow_block_bytes=_mb(cfg["arrow_block_size_mb"]),
+            threads=int(cfg["parse_threads"]),
         )
         categories_cache: dict[tuple, list[str]] = {}
         for piece in raw.pieces(parser):
@@ -417,8 +417,8 @@ class _RawFile:
         with tqdm(total=total, unit="B", unit_scale=True, desc=self.source.name, disable=None) as bar:
             first, self._first = self._first, None
             blocks = self._blocks if first is None else _chain(first, self._blocks)
-            for block in blocks:
-                yield from parser.parse(block)
+            for block, pieces in parser.parse_all(blocks):
+                yield from pieces
                 bar.update(block.compressed_pos - done)
                 done = block.compressed_pos
 

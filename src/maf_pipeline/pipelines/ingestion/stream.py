@@ -13,8 +13,9 @@ import contextlib
 import logging
 import queue
 import threading
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -261,7 +262,11 @@ class Piece:
 
 
 class BlockParser:
-    """Parses blocks into Arrow tables of a fixed schema: Arrow first, a per-line parser as fallback."""
+    """Parses blocks into Arrow tables of a fixed schema: Arrow first, a per-line parser as fallback.
+
+    ``parse_all`` parses ``threads`` blocks at once (Arrow releases the GIL), each in one piece: on two cores
+    that beats Arrow's own intra-block threading, which pays for splitting a block into chunks.
+    """
 
     def __init__(
         self,
@@ -270,40 +275,66 @@ class BlockParser:
         *,
         allow_literals: bool = False,
         arrow_first: bool = True,
-        arrow_block_bytes: int = 2 << 20,
+        threads: int = 2,
         min_bisect_bytes: int = MIN_BISECT_BYTES,
     ) -> None:
         self.schema = schema
-        self.min_bisect_bytes = min_bisect_bytes
         self.stats = stats
         # the per-line parser also accepts Python dict literals (2014 metadata)
         self.allow_literals = allow_literals
         # False when the file is known to be Python literals: Arrow would only fail
         self.arrow_first = arrow_first
+        self.threads = max(int(threads), 1)
+        self.min_bisect_bytes = min_bisect_bytes
         self._parse_options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        self._read_options = pj.ReadOptions(block_size=max(int(arrow_block_bytes), 1 << 16), use_threads=True)
 
     def parse(self, block: Block) -> list[Piece]:
         """Parse one block; bad lines are counted in ``stats`` and left out of the returned pieces."""
-        return self._parse(block.data, block.first_line)
+        first_try = self._arrow(block.data) if self.arrow_first else None
+        return self._settle(block.data, block.first_line, first_try)
 
-    def _parse(self, data: bytes, first_line: int) -> list[Piece]:
-        if self.arrow_first:
-            try:
-                table = pj.read_json(
-                    pa.BufferReader(data), read_options=self._read_options, parse_options=self._parse_options
+    def parse_all(self, blocks: Iterable[Block]) -> Iterator[tuple[Block, list[Piece]]]:
+        """Parse blocks in file order, ``threads`` of them concurrently; yields each block with its pieces."""
+        if self.threads == 1 or not self.arrow_first:
+            for block in blocks:
+                yield block, self.parse(block)
+            return
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="arrow-json") as pool:
+            pending: deque[tuple[Block, Future]] = deque()
+            for block in blocks:
+                pending.append((block, pool.submit(self._arrow, block.data)))
+                if len(pending) >= self.threads:
+                    done, future = pending.popleft()
+                    yield done, self._settle(done.data, done.first_line, future.result())
+            while pending:
+                done, future = pending.popleft()
+                yield done, self._settle(done.data, done.first_line, future.result())
+
+    def _arrow(self, data: bytes) -> pa.Table | pa.ArrowInvalid:
+        """Arrow's parse of a whole piece, single-threaded (safe in a worker thread: touches no state)."""
+        options = pj.ReadOptions(block_size=max(len(data) + 1, 1 << 16), use_threads=False)
+        try:
+            return pj.read_json(
+                pa.BufferReader(data), read_options=options, parse_options=self._parse_options
+            )
+        except pa.ArrowInvalid as err:
+            return err
+
+    def _settle(self, data: bytes, first_line: int, result: pa.Table | pa.ArrowInvalid | None) -> list[Piece]:
+        """Keep Arrow's table, or bisect the piece Arrow rejected down to small line-parsed pieces."""
+        if isinstance(result, pa.Table):
+            self.stats.lines += result.num_rows
+            return [Piece(result, data, first_line)]
+        if result is not None and "Empty JSON file" in str(result):
+            return []
+        if result is not None and len(data) > self.min_bisect_bytes:
+            mid = data.rfind(b"\n", 0, len(data) // 2) + 1
+            if 0 < mid < len(data):
+                head, tail = data[:mid], data[mid:]
+                tail_line = first_line + data.count(b"\n", 0, mid)
+                return self._settle(head, first_line, self._arrow(head)) + self._settle(
+                    tail, tail_line, self._arrow(tail)
                 )
-                self.stats.lines += table.num_rows
-                return [Piece(table, data, first_line)]
-            except pa.ArrowInvalid as err:
-                if "Empty JSON file" in str(err):
-                    return []
-            if len(data) > self.min_bisect_bytes:
-                mid = data.rfind(b"\n", 0, len(data) // 2) + 1
-                if 0 < mid < len(data):
-                    head_lines = data.count(b"\n", 0, mid)
-                    head = self._parse(data[:mid], first_line)
-                    return head + self._parse(data[mid:], first_line + head_lines)
         return [self._parse_lines(data, first_line)]
 
     def _parse_lines(self, data: bytes, first_line: int) -> Piece:
