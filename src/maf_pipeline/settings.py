@@ -2,8 +2,15 @@
 
 from kedro.config import OmegaConfigLoader
 
+from maf_pipeline.hooks import MlflowReportingHook, mlflow_dir
+
+# kedro-mlflow registers its own hook (one MLflow run per `kedro run`); this one adds histories and artifacts.
+HOOKS = (MlflowReportingHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
+    # ${mlflow_dir:} in mlflow.yml: the project root, or $MAF_MLFLOW_DIR (tests use a temporary folder)
+    "custom_resolvers": {"mlflow_dir": mlflow_dir},
 }

@@ -1,0 +1,163 @@
+"""MLflow tracking on top of kedro-mlflow: where the store lives, and what a run logs beyond parameters.
+
+kedro-mlflow opens one MLflow run per ``kedro run`` and logs the parameters every node reads. This hook adds,
+to that active run:
+
+* the per-epoch history of every ``<model>.training_history`` (training loss parts and validation metrics,
+  ``step = epoch``), so the UI draws training curves;
+* the final validation and test metrics of every ``<model>.metrics``;
+* every saved output whose catalog layer is ``reporting`` or ``models`` (JSON/Markdown/PNG reports, the
+  features manifest, the best model's weights) as an artifact under its folder relative to ``data/``.
+
+Nothing is logged when no MLflow run is active (tracking disabled, or a plain runner in a test).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.utils import find_kedro_project
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming the folder of the MLflow store (``mlflow.db`` + ``mlartifacts/``).
+MLFLOW_DIR_ENV = "MAF_MLFLOW_DIR"
+_MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+_BAD_CHARS = re.compile(r"[^/\w.\- ]")
+
+
+def mlflow_dir() -> str:
+    """Folder of the MLflow store: ``$MAF_MLFLOW_DIR`` when set, else the Kedro project root found from the
+    working directory (as the ``kedro`` CLI finds it), so a notebook in ``notebooks/`` uses the same store.
+
+    Registered as the ``mlflow_dir`` config resolver (``${mlflow_dir:}`` in ``conf/base/mlflow.yml``).
+    """
+    folder = os.environ.get(MLFLOW_DIR_ENV)
+    if folder:
+        return Path(folder).expanduser().resolve().as_posix()
+    root = find_kedro_project(Path.cwd())
+    return Path(root or Path.cwd()).resolve().as_posix()
+
+
+def metric_key(*parts: str) -> str:
+    """An MLflow-valid metric name from dotted parts: ``ndcg@20`` becomes ``ndcg_at_20``."""
+    key = ".".join(str(p) for p in parts if p)
+    return _BAD_CHARS.sub("_", key.replace("@", "_at_"))
+
+
+def history_metrics(model: str, history: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """``(key, value, step)`` triples of a ``<model>.training_history``: per epoch the training loss parts
+    (``<model>.train.<part>``), validation metrics (``<model>.valid.<metric>``) and epoch seconds."""
+    rows: list[tuple[str, float, int]] = []
+    for entry in history.get("epochs", []):
+        step = int(entry["epoch"])
+        for part, value in (entry.get("loss") or {}).items():
+            rows.append((metric_key(model, "train", part), float(value), step))
+        for name, value in (entry.get("valid") or {}).items():
+            if name != "num_users":
+                rows.append((metric_key(model, "valid", name), float(value), step))
+        if "seconds" in entry:
+            rows.append((metric_key(model, "epoch_seconds"), float(entry["seconds"]), step))
+    if history.get("best_epoch"):
+        rows.append((metric_key(model, "best_epoch"), float(history["best_epoch"]), 0))
+    return [r for r in rows if math.isfinite(r[1])]
+
+
+def final_metrics(model: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """The numeric entries of a ``<model>.metrics`` report: ``<model>.test.<metric>`` and
+    ``<model>.final_valid.<metric>`` (not ``<model>.valid.*``, the per-epoch validation curves)."""
+    out = {}
+    for split, prefix in (("valid", "final_valid"), ("test", "test")):
+        for name, value in (metrics.get(split) or {}).items():
+            if name != "num_users" and isinstance(value, int | float) and math.isfinite(value):
+                out[metric_key(model, prefix, name)] = float(value)
+    return out
+
+
+def _layer(dataset: Any) -> str | None:
+    meta = getattr(dataset, "metadata", None) or {}
+    return (meta.get("kedro-viz") or {}).get("layer")
+
+
+def _local_path(dataset: Any) -> Path | None:
+    """The local file (or folder) a saved dataset wrote, or None for remote or path-less datasets."""
+    if getattr(dataset, "_protocol", "file") not in ("file", "local", None):
+        return None
+    get_path = getattr(dataset, "_get_save_path", None)
+    path = get_path() if callable(get_path) else getattr(dataset, "_filepath", None)
+    return Path(str(path)) if path is not None else None
+
+
+class MlflowReportingHook:
+    """Logs metric histories, final metrics and reporting/models-layer artifacts to the active MLflow run."""
+
+    def __init__(self, artifact_layers: Iterable[str] = ("reporting", "models")) -> None:
+        self.artifact_layers = frozenset(artifact_layers)
+        self._catalog: Any = None
+        self._data_dir: Path | None = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        """Remember the project's ``data/`` folder: artifact paths mirror it (``08_reporting/maf/...``)."""
+        self._data_dir = Path(context.project_path) / "data"
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any) -> None:
+        """Keep the catalog to find the file behind a saved dataset."""
+        self._catalog = catalog
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
+        """Log what ``dataset_name`` holds to the active run (histories, metrics, artifact files)."""
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is None:
+            return
+        model, _, kind = dataset_name.rpartition(".")
+        try:
+            if kind == "training_history" and isinstance(data, dict):
+                self._log_history(run.info.run_id, model, data)
+            elif kind == "metrics" and isinstance(data, dict):
+                mlflow.log_metrics(final_metrics(model, data))
+            self._log_artifact(dataset_name)
+        except Exception:  # tracking must never fail a pipeline run
+            logger.warning("could not log %s to MLflow", dataset_name, exc_info=True)
+
+    def _log_history(self, run_id: str, model: str, history: dict[str, Any]) -> None:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        now = int(time.time() * 1000)
+        rows = [Metric(k, v, now, step) for k, v, step in history_metrics(model, history)]
+        client = MlflowClient()
+        for i in range(0, len(rows), _MAX_BATCH):
+            client.log_batch(run_id, metrics=rows[i : i + _MAX_BATCH])
+        logger.info("logged %d metric values of %s.training_history to MLflow", len(rows), model)
+
+    def _log_artifact(self, dataset_name: str) -> None:
+        import mlflow
+
+        dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
+        if dataset is None or _layer(dataset) not in self.artifact_layers:
+            return
+        path = _local_path(dataset)
+        if path is None or not path.exists():
+            return
+        folder = path.parent
+        try:
+            artifact_dir = folder.resolve().relative_to(self._data_dir.resolve()).as_posix()
+        except (AttributeError, ValueError):
+            artifact_dir = _layer(dataset)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=f"{artifact_dir}/{path.name}")
+        else:
+            mlflow.log_artifact(str(path), artifact_path=artifact_dir)
