@@ -36,6 +36,7 @@ def copy_project(dest: Path) -> Path:
     """
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")
+    (dest / "src").mkdir(exist_ok=True)  # kedro insists on <project>/src; the code is the installed package
     shutil.copytree(REPO / "conf", dest / "conf", ignore=shutil.ignore_patterns("local"))
     (dest / "conf" / "local").mkdir(exist_ok=True)
     for layer in sorted(p.name for p in (REPO / "data").iterdir() if p.is_dir()):
