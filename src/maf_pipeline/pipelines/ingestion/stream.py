@@ -125,16 +125,19 @@ class BlockReader:
                 pending_len += len(out)
                 if pending_len < self.block_bytes:
                     continue
-                buf = b"".join(pending)
-                cut = buf.rfind(b"\n") + 1
-                if not cut:  # a line longer than the block: keep reading until it ends
-                    pending = [buf]
+                # cut after the last newline, copying the data once (the join)
+                k = len(pending) - 1
+                while k >= 0 and (cut := pending[k].rfind(b"\n") + 1) == 0:
+                    k -= 1
+                if k < 0:  # a line longer than the block: keep reading until it ends
                     continue
-                if not self._put(Block(buf[:cut], line_no, self.bytes_in)):
+                data = b"".join([*pending[:k], pending[k][:cut]])
+                rest = [pending[k][cut:], *pending[k + 1 :]]
+                if not self._put(Block(data, line_no, self.bytes_in)):
                     return
-                line_no += buf.count(b"\n", 0, cut)
-                self.bytes_out += cut
-                pending, pending_len = [buf[cut:]], len(buf) - cut
+                line_no += data.count(b"\n")
+                self.bytes_out += len(data)
+                pending, pending_len = rest, pending_len - len(data)
         tail = b"".join(pending)
         if tail:
             self.bytes_out += len(tail)
