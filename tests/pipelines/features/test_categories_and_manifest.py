@@ -107,7 +107,9 @@ def test_manifest_gathers_metadata_and_flags_fallbacks():
         and manifest["modalities"]["text"]["cache_hits"] == 2
     )
     assert manifest["modalities"]["category"]["dtype"] == "float32"
-    assert len(manifest["warnings"]) == 1 and manifest["warnings"][0].startswith("image: fallback")
+    assert len(manifest["warnings"]) == 1 and manifest["warnings"][0].startswith(
+        "image: no pretrained weights"
+    )
     assert manifest["image_availability"] == {
         "items": 3,
         "with_image": 2,

@@ -430,8 +430,12 @@ def build_features_manifest(
         manifest["modalities"][name] = meta
         weights = meta.get("weights") or {}
         if weights.get("fallback"):
-            used = f"{weights.get('source')}: {weights.get('identity')}"
-            manifest["warnings"].append(f"{name}: fallback weights used ({used})")
+            used = (
+                "a randomly initialised encoder"
+                if weights.get("source") == "random"
+                else weights.get("identity")
+            )
+            manifest["warnings"].append(f"{name}: no pretrained weights found; features come from {used}")
         elif weights.get("source") == "random":
             manifest["warnings"].append(f"{name}: randomly initialised encoder (weights: none)")
     if len(category_vocabulary["labels"]) != category_features["features"].shape[1]:

@@ -178,7 +178,7 @@ class CacheTable:
         return rows
 
     def lookup(self, item_ids: Iterable[str], fingerprints: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Cached rows of the given items with this content (an item whose text or image changed is a miss)."""
+        """Cached rows of these items with this content (an item whose text or image changed is a miss)."""
         rows = self.load()
         hits = {}
         for key in zip(item_ids, fingerprints, strict=True):
