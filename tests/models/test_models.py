@@ -168,8 +168,13 @@ def test_loss_uses_only_target_positions_and_multitask_means() -> None:
         logits = h @ model.item_emb.weight.T
         logits[:, 0] = float("-inf")
         feats = features()
-        image = F.mse_loss(model.decoders["image"](h), feats["image"][t])
-        cat = F.binary_cross_entropy_with_logits(model.decoders["category"](h), feats["category"][t])
+        rows = feats["image"][1:]
+        image = F.mse_loss(model.decoders["image"](h), feats["image"][t]) / rows.var(0, unbiased=False).mean()
+        p = feats["category"][1:].mean(0)
+        entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+        cat = (
+            F.binary_cross_entropy_with_logits(model.decoders["category"](h), feats["category"][t]) / entropy
+        )
     torch.testing.assert_close(parts["id"], F.cross_entropy(logits, t))
     torch.testing.assert_close(parts["image"], image)
     torch.testing.assert_close(parts["category"], cat)
@@ -177,6 +182,26 @@ def test_loss_uses_only_target_positions_and_multitask_means() -> None:
     torch.testing.assert_close(parts["loss"], expected)
     no_mtl = maf(multitask=False)
     assert set(no_mtl.training_step({"item_seq": x, "target_seq": target})) == {"id", "loss"}
+
+
+def test_multitask_losses_are_one_for_the_best_constant_predictor() -> None:
+    """Normalisation: predicting the table mean for every item scores L_j = 1 for each modality."""
+    model = maf()
+    all_items = torch.arange(1, N + 1)
+    with torch.no_grad():
+        for name, decoder in model.decoders.items():
+            mean = model.feature(name)[1:].float().mean(0)
+            decoder.weight.zero_()
+            if name == "category":
+                decoder.bias.copy_(torch.logit(mean))
+            else:
+                decoder.bias.copy_(mean)
+        losses = model.extra_losses(torch.zeros(N, 16), all_items)
+    for name, value in losses.items():
+        assert value.item() == pytest.approx(1.0, rel=1e-4), name
+    scaled = {k: v * 100 if k != "category" else v for k, v in features().items()}
+    big = MAF(N, MAX_LEN, scaled, d=16, d_mm=8, n_heads=2)  # 100x features: 1e4x MSE, same normalised loss
+    assert big.mtl_norm["image"] == pytest.approx(1e4 * model.mtl_norm["image"], rel=1e-5)
 
 
 def test_last_hidden_takes_the_last_item() -> None:

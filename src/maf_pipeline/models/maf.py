@@ -35,9 +35,12 @@ class MAF(SequentialRecommender):
     Prediction and loss (eqs 7-10): logits ``R_t M_id^T`` against the tied item table, full-softmax CE at
     every target position; with ``multitask`` linear decoders predict the next item's image and text features
     (``L_v``, ``L_t``: MSE) and a sigmoid head its categories (``L_c``: BCE). Each L_j is a mean over targets
-    and feature dimensions (PyTorch's default reduction, as RecBole), so L_j is O(feature variance) for MSE
-    and O(0.01-0.1) for sparse multi-hot BCE, and ``mtl_lambda`` in 5..25 keeps them below L_id (about
-    ``log N``). Total ``L = L_id + mtl_lambda * sum_j L_j``. With no modalities the model is SASRec exactly
+    and feature dimensions divided by the loss of the best constant predictor on the table (the mean
+    per-dimension variance for MSE, the mean binary entropy of the category frequencies for BCE), so
+    ``L_j ~ 1`` before learning and ``< 1`` after, whatever the extractor's scale (a raw element-mean MSE of
+    L2-normalised 4096-d features is ~1e-4, which would make any lambda a no-op). With ``mtl_lambda`` in 5..25
+    the auxiliary terms weigh about as much as L_id (``log N`` at start). Total
+    ``L = L_id + mtl_lambda * sum_j L_j`` (eq 10). With no modalities the model is SASRec exactly
     (same parameter names and forward).
     """
 
@@ -86,12 +89,14 @@ class MAF(SequentialRecommender):
         self.blocks = nn.ModuleList(
             Block(d, n_heads, d_ff, dropout, attn_dropout, layer_norm_eps, **mm) for _ in range(n_layers)
         )
+        self.mtl_norm: dict[str, float] = {}  # loss of the best constant predictor per modality
         if self.modalities:
             self.mm_proj = nn.ModuleDict()  # W_v, W_t, W_c (eq 3)
             self.decoders = nn.ModuleDict()  # W'_v, W'_t, W'_c with biases (eqs 8-9)
             for name in self.modalities:
                 table = self._check_table(name, (features or {}).get(name), num_items)
                 self.register_buffer(f"feat_{name}", table, persistent=False)
+                self.mtl_norm[name] = _constant_loss(name, table)
                 self.mm_proj[name] = nn.Linear(table.size(1), d_mm, bias=False)
                 if self.multitask:
                     self.decoders[name] = nn.Linear(d, table.size(1))
@@ -106,7 +111,9 @@ class MAF(SequentialRecommender):
                 f"{name} features must be (num_items + 1, dim) = ({num_items + 1}, dim), "
                 f"got {tuple(table.shape)}"
             )
-        table = table.detach().float()
+        table = table.detach()
+        if not table.is_floating_point():
+            table = table.float()
         if name == "category" and (table.min() < 0 or table.max() > 1):
             raise ValueError("category features must be multi-hot in [0, 1] (they are BCE targets, eq 9)")
         return table
@@ -118,7 +125,7 @@ class MAF(SequentialRecommender):
     def multimodal_embedding(self, item_seq: torch.Tensor) -> torch.Tensor:
         """E_m ``(B, L, d')`` (eq 3), projecting only the distinct items of the batch."""
         uniq, inverse = torch.unique(item_seq, return_inverse=True)
-        e = sum(self.mm_proj[name](self.feature(name)[uniq]) for name in self.modalities)
+        e = sum(self.mm_proj[name](self.feature(name)[uniq].float()) for name in self.modalities)
         return e[inverse]
 
     def forward(self, item_seq: torch.Tensor, return_attention: bool = False):
@@ -139,15 +146,35 @@ class MAF(SequentialRecommender):
         return self.item_emb.weight
 
     def extra_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Multitask losses on the next item's features (eqs 8-9), each a mean over targets and dimensions."""
+        """Multitask losses on the next item's features (eqs 8-9), each over the constant-predictor loss."""
         if not self.multitask:
             return {}
         losses = {}
         for name in self.modalities:
             pred = self.decoders[name](hidden).float()
-            true = self.feature(name)[targets]
+            true = self.feature(name)[targets].float()
             if name == "category":
-                losses[name] = F.binary_cross_entropy_with_logits(pred, true)  # eq 9
+                loss = F.binary_cross_entropy_with_logits(pred, true)  # eq 9
             else:
-                losses[name] = F.mse_loss(pred, true)  # eq 8
+                loss = F.mse_loss(pred, true)  # eq 8
+            losses[name] = loss / self.mtl_norm[name]
         return losses
+
+
+def _constant_loss(name: str, table: torch.Tensor, chunk: int = 16384) -> float:
+    """Loss of the best constant prediction over items 1..N: mean per-dimension variance (MSE) or mean
+    binary entropy of the per-category frequencies (BCE); 1.0 when that is 0 (a constant table)."""
+    rows = table[1:]
+    total = torch.zeros(table.size(1), dtype=torch.float64, device=table.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, rows.size(0), chunk):  # float64 sums in chunks: no full-size copy of the table
+        part = rows[start : start + chunk].double()
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    mean = total / max(rows.size(0), 1)
+    if name == "category":
+        p = mean.clamp(1e-6, 1 - 1e-6)
+        value = float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
+    else:
+        value = float((squares / max(rows.size(0), 1) - mean * mean).clamp(min=0).mean())
+    return value if value > 1e-12 else 1.0
