@@ -63,3 +63,21 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     project = copy_project(tmp_path_factory.mktemp("project"))
     proc = kedro(project, "run", "--pipeline=full", "--env=sample", params=E2E_PARAMS)
     return project, proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A temporary MLflow store (``mlflow.db`` + ``mlartifacts/``) for the whole session.
+
+    ``conf/base/mlflow.yml`` puts the store in ``$MAF_MLFLOW_DIR`` when set (else the project root), and both
+    in-process Kedro sessions and ``kedro`` subprocesses (which inherit the environment) read it, so no test
+    writes into the developer's tracking store.
+    """
+    folder = tmp_path_factory.mktemp("mlflow")
+    previous = os.environ.get("MAF_MLFLOW_DIR")
+    os.environ["MAF_MLFLOW_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MAF_MLFLOW_DIR", None)
+    else:
+        os.environ["MAF_MLFLOW_DIR"] = previous
