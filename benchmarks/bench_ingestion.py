@@ -118,7 +118,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=1.0, help="uncompressed size of the synthetic file")
     parser.add_argument("--file", help="reuse this reviews file instead of generating one")
-    parser.add_argument("--block-size-mb", type=float, default=16)
+    parser.add_argument("--block-size-mb", type=float, default=8)
     parser.add_argument("--window", nargs=2, default=["2016-01-01", "2017-12-31"], metavar=("START", "END"))
     parser.add_argument("--no-window", action="store_true", help="keep every row (largest output)")
     parser.add_argument("--repeat", type=int, default=1)

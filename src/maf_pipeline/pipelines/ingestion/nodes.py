@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "format": "auto",
     "max_bad_fraction": 0.01,
-    "block_size_mb": 16,
+    "block_size_mb": 8,
     "parse_threads": 2,
     "detect_lines": 20,
     "first_bad_lines": 10,
