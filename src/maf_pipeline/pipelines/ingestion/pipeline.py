@@ -2,6 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from .interaction_formats import ingest_interaction_files
 from .nodes import build_ingestion_report, ingest_metadata, ingest_reviews
 
 
@@ -27,5 +28,23 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="ingestion_report",
                 name="build_ingestion_report",
             ),
+        ]
+    )
+
+
+def create_interaction_only_pipeline(**kwargs) -> Pipeline:
+    """Interaction-only inputs (RecBole atomic files, SASRec ``user item`` text) to the same three outputs.
+
+    Registered as the ``ingestion_interactions`` pipeline; run it instead of ``ingestion``, then the rest of
+    the chain (e.g. ``kedro run --pipeline=full --from-nodes=filter_date_window``).
+    """
+    return Pipeline(
+        [
+            Node(
+                ingest_interaction_files,
+                inputs=["raw_interactions", "params:ingestion.interaction_only", "params:date_window"],
+                outputs=["interactions", "items", "ingestion_report"],
+                name="ingest_interaction_files",
+            )
         ]
     )
