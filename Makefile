@@ -34,5 +34,9 @@ lint: $(STAMP)
 viz: $(STAMP)
 	$(BIN)/kedro viz build
 
+# The tracking store that `kedro run` writes (conf/base/mlflow.yml): open http://127.0.0.1:5000
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
 sample: $(STAMP)
 	$(BIN)/python scripts/make_sample.py

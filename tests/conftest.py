@@ -31,7 +31,7 @@ E2E_PARAMS: dict[str, object] = {}
 def copy_project(dest: Path) -> Path:
     """Copy what a Kedro run needs (package metadata, conf, the bundled sample) into ``dest``.
 
-    The copy has its own ``data/`` and its own MLflow store (``mlflow.yml`` uses a path relative to the project),
+    The copy has its own ``data/``, and its MLflow store is the session's temporary one (``mlflow_dir`` below),
     so tests never write into the developer's project.
     """
     dest.mkdir(parents=True, exist_ok=True)

@@ -153,3 +153,16 @@ def test_recommender_loads_outside_kedro_from_the_project_catalog(
     assert list(out["item_id"]) == [f"i{i}" for i in items[0]]
     with pytest.raises(ValueError, match="none of the 2 item ids"):
         rec.recommend(["nope", "nada"])
+
+
+@pytest.mark.slow
+def test_sample_run_recommends_k_unseen_items_to_every_user(full_run) -> None:
+    project, _ = full_run
+    recs = pd.read_parquet(project / "data/07_model_output/maf/recommendations.parquet")
+    users = pd.read_parquet(project / "data/05_model_input/user_index.parquet")
+    interactions = pd.read_parquet(project / "data/03_primary/kcore_interactions.parquet")
+    assert set(recs["user_id"]) == set(users["user_id"])
+    assert (recs.groupby("user_id").size() == 10).all()
+    seen = set(zip(interactions["user_id"], interactions["item_id"], strict=True))
+    assert not any((u, i) in seen for u, i in zip(recs["user_id"], recs["item_id"], strict=True))
+    assert recs["title"].str.len().gt(0).mean() > 0.9

@@ -4,6 +4,7 @@ pipeline's outputs are catalog datasets in the reporting layer."""
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +266,20 @@ def test_pipeline_outputs_are_reporting_datasets_in_the_catalog() -> None:
         assert dataset.metadata["kedro-viz"]["layer"] == "reporting", name
     assert isinstance(catalog.get("maf.attention_maps_plot"), MatplotlibDataset)
     assert str(catalog.get("maf.training_curves")._filepath).endswith("08_reporting/maf/training_curves.png")
+
+
+@pytest.mark.slow
+def test_sample_run_writes_nontrivial_pngs_and_valid_attention_maps(full_run) -> None:
+    project, _ = full_run
+    reports = project / "data" / "08_reporting"
+    for png in (
+        "dataset_statistics.png",
+        "sequence_lengths.png",
+        "maf/training_curves.png",
+        "maf/attention_maps.png",
+    ):
+        assert_nontrivial_png((reports / png).read_bytes(), min_bytes=20_000)
+    attention_maps = json.loads((reports / "maf" / "attention_maps.json").read_text())
+    check_attention_rows(attention_maps)  # rows sum to 1, causal
+    assert set(attention_maps["maps"]) == {"item", "multimodal", "fused"}
+    assert np.asarray(attention_maps["maps"]["fused"]).shape == (15, 15)  # sample users have >= 16 items

@@ -1,0 +1,102 @@
+"""Lineage as Kedro-Viz draws it: in ``full`` every node carries its stage tag, every catalog dataset a layer,
+and the layers form no cycle (Kedro-Viz switches the layer view off when they do)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog
+
+from maf_pipeline.pipeline_registry import FULL_CHAIN, register_pipelines
+
+ROOT = Path(__file__).resolve().parents[3]
+LAYER_ORDER = [
+    "raw",
+    "intermediate",
+    "primary",
+    "feature",
+    "model_input",
+    "models",
+    "model_output",
+    "reporting",
+]
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return register_pipelines()
+
+
+@pytest.fixture(scope="module")
+def layers() -> dict[str, str]:
+    """Layer of every dataset name the pipelines use that resolves in the catalog (factories included)."""
+    loader = OmegaConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base")
+    catalog = DataCatalog.from_config(dict(loader["catalog"]))
+    out = {}
+    for name in register_pipelines()["full"].datasets():
+        dataset = None if name.startswith("params:") else catalog.get(name)
+        if dataset is not None:
+            out[name] = (dataset.metadata or {}).get("kedro-viz", {}).get("layer")
+    return out
+
+
+def layer_edges(pipeline, layers: dict[str, str]) -> set[tuple[str, str]]:
+    """Layer A -> B when a dataset of layer A feeds, through nodes and layer-less (memory) datasets only, a
+    dataset of layer B; this is the dependency Kedro-Viz sorts its layers by."""
+    feeds = defaultdict(set)
+    for node in pipeline.nodes:
+        for i in node.inputs:
+            feeds[i] |= set(node.outputs)
+    edges = set()
+    for start, layer in layers.items():
+        todo, seen = list(feeds[start]), set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            if layers.get(name):
+                if layers[name] != layer:
+                    edges.add((layer, layers[name]))
+            else:
+                todo.extend(feeds[name])
+    return edges
+
+
+def test_every_node_is_tagged_with_its_stage(registry) -> None:
+    for stage in FULL_CHAIN:
+        if stage in registry:
+            assert all(stage in node.tags for node in registry[stage].nodes), stage
+    assert all(node.tags & set(FULL_CHAIN) for node in registry["full"].nodes)
+    namespaces = {node.namespace for node in registry["full"].nodes if node.namespace}
+    assert {"maf", "pop"} <= namespaces  # model pipelines are collapsed into their namespace
+
+
+def test_every_catalog_dataset_has_a_known_layer(layers: dict[str, str]) -> None:
+    assert layers, "no catalog dataset found"
+    missing = sorted(name for name, layer in layers.items() if layer not in LAYER_ORDER)
+    assert not missing, f"datasets without a Kedro-Viz layer: {missing}"
+
+
+def test_layers_of_the_full_pipeline_have_no_cycle(registry, layers: dict[str, str]) -> None:
+    edges = layer_edges(registry["full"], layers)
+    graph = defaultdict(set)
+    for a, b in edges:
+        graph[a].add(b)
+    state: dict[str, int] = {}
+
+    def visit(layer: str, path: list[str]) -> None:
+        state[layer] = 1
+        for nxt in graph[layer]:
+            assert state.get(nxt) != 1, f"layer cycle: {[*path, layer, nxt]}"
+            if nxt not in state:
+                visit(nxt, [*path, layer])
+        state[layer] = 2
+
+    for layer in list(graph):
+        if layer not in state:
+            visit(layer, [])
+    assert ("raw", "intermediate") in edges and ("models", "reporting") in edges
