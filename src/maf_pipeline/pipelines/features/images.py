@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
+
+from maf_pipeline.progress import progress
 
 from .stores import ImageFolder
 
@@ -259,9 +260,7 @@ def acquire_images(
     executor = ThreadPoolExecutor(max_workers=max(1, int(dl["workers"])))
     try:
         futures = {executor.submit(fetch, item_id): item_id for item_id in todo}
-        for future in tqdm(
-            as_completed(futures), total=len(futures), desc="images", unit="img", disable=None
-        ):
+        for future in progress(as_completed(futures), total=len(futures), desc="images", unit="img"):
             item_id = futures[future]
             try:
                 result = future.result()

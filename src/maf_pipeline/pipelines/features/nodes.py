@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+
+from maf_pipeline.progress import progress
 
 from .encoders import (
     autocast,
@@ -105,7 +106,7 @@ def _encode_with_cache(
         batches = encode(todo)
         start = time.perf_counter()
         try:
-            with tqdm(total=len(todo), desc=f"{modality} features", unit="item", disable=None) as bar:
+            with progress(total=len(todo), desc=f"{modality} features", unit="item") as bar:
                 for ids, feats, bad in batches:
                     feats = feats.to("cpu", dtype)
                     failed.extend(bad)

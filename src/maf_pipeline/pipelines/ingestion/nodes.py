@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm.auto import tqdm
+
+from maf_pipeline.progress import progress
 
 if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch (~600 MB of RSS)
     from maf_pipeline.datasets import RawSource
@@ -414,7 +415,7 @@ class _RawFile:
         except (OSError, NotImplementedError, ValueError):
             pass
         done = 0
-        with tqdm(total=total, unit="B", unit_scale=True, desc=self.source.name, disable=None) as bar:
+        with progress(total=total, unit="B", unit_scale=True, desc=self.source.name) as bar:
             first, self._first = self._first, None
             blocks = self._blocks if first is None else _chain(first, self._blocks)
             for block, pieces in parser.parse_all(blocks):

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from maf_pipeline.metrics import rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender, build_model
+from maf_pipeline.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def fit(
         model.train()
         order = np.random.default_rng(seed + epoch).permutation(len(inputs))
         sums: dict[str, float] = {}
-        for b in tqdm(range(num_batches), desc=f"epoch {epoch}", disable=None, leave=False):
+        for b in progress(range(num_batches), desc=f"epoch {epoch}", leave=False):
             idx = order[b * batch_size : (b + 1) * batch_size]
             x, y = inputs[idx], targets[idx]
             width = max(int((x > 0).sum(axis=1).max()), 1)  # right padding: trim the all-zero tail
