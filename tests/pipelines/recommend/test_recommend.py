@@ -97,8 +97,10 @@ def test_unknown_users_are_listed_not_fatal(data: dict[str, Any], caplog: pytest
     empty, report = run(data, users=["ghost"])
     assert empty.empty and list(empty.columns) == ["user_id", "rank", "item_id", "title", "score"]
     assert report["recommended_users"] == 0
-    one, _ = run(data, users="U02")  # a single id is accepted too
+    one, _ = run(data, users="U02")  # a string of ids separated by spaces, as `kedro run --params` gives it
     assert set(one["user_id"]) == {"U02"}
+    two, report = run(data, users=" U04  ghost U02")
+    assert list(dict.fromkeys(two["user_id"])) == ["U04", "U02"] and report["unknown_users"] == ["ghost"]
 
 
 def test_top_k_leaves_empty_slots_when_candidates_run_out(data: dict[str, Any]) -> None:

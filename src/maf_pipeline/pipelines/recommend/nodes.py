@@ -35,7 +35,8 @@ def recommend_top_k(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Top-``k`` items after each user's whole history (training items + validation + test targets).
 
-    ``users: null`` recommends for everyone; a list of raw user ids recommends for those, in that order. Ids
+    ``users: null`` recommends for everyone; a list of raw user ids (or one string of ids separated by spaces)
+    recommends for those, in that order. Ids
     the model does not know (filtered out by preprocessing, or never seen) are logged and listed in the
     report instead of failing the run. Returns the long table ``user_id, rank, item_id, title, score``.
     """
@@ -47,9 +48,9 @@ def recommend_top_k(
         users = user_index["user_id"].astype(str).tolist()
         unknown: list[str] = []
     else:
-        wanted = list(
-            dict.fromkeys(str(u) for u in ([requested] if isinstance(requested, str) else requested))
-        )
+        # a string is a whitespace-separated list (`kedro run --params` splits on commas, not spaces)
+        ids = requested.split() if isinstance(requested, str) else requested
+        wanted = list(dict.fromkeys(str(u) for u in ids))
         users = [u for u in wanted if u in idx_of]
         unknown = [u for u in wanted if u not in idx_of]
     if unknown:
