@@ -185,18 +185,10 @@ def test_loss_uses_only_target_positions_and_multitask_means() -> None:
 
 
 def test_multitask_losses_are_one_for_the_best_constant_predictor() -> None:
-    """Normalisation: predicting the table mean for every item scores L_j = 1 for each modality."""
+    """Decoders start as the best constant predictor (table mean / category log-odds): L_j = 1 for each."""
     model = maf()
-    all_items = torch.arange(1, N + 1)
     with torch.no_grad():
-        for name, decoder in model.decoders.items():
-            mean = model.feature(name)[1:].float().mean(0)
-            decoder.weight.zero_()
-            if name == "category":
-                decoder.bias.copy_(torch.logit(mean))
-            else:
-                decoder.bias.copy_(mean)
-        losses = model.extra_losses(torch.zeros(N, 16), all_items)
+        losses = model.extra_losses(torch.randn(N, 16), torch.arange(1, N + 1))  # every item a target once
     for name, value in losses.items():
         assert value.item() == pytest.approx(1.0, rel=1e-4), name
     scaled = {k: v * 100 if k != "category" else v for k, v in features().items()}

@@ -34,12 +34,15 @@ class MAF(SequentialRecommender):
 
     Prediction and loss (eqs 7-10): logits ``R_t M_id^T`` against the tied item table, full-softmax CE at
     every target position; with ``multitask`` linear decoders predict the next item's image and text features
-    (``L_v``, ``L_t``: MSE) and a sigmoid head its categories (``L_c``: BCE). Each L_j is a mean over targets
-    and feature dimensions divided by the loss of the best constant predictor on the table (the mean
-    per-dimension variance for MSE, the mean binary entropy of the category frequencies for BCE), so
-    ``L_j ~ 1`` before learning and ``< 1`` after, whatever the extractor's scale (a raw element-mean MSE of
-    L2-normalised 4096-d features is ~1e-4, which would make any lambda a no-op). With ``mtl_lambda`` in 5..25
-    the auxiliary terms weigh about as much as L_id (``log N`` at start). Total
+    (``L_v``, ``L_t``: MSE) and a sigmoid head its categories (``L_c``: BCE), each a mean over targets and
+    feature dimensions. With ``mtl_normalize: constant`` (default) each L_j is divided by the loss of the
+    best constant predictor on the table (mean per-dimension variance for MSE, mean binary entropy of the
+    category frequencies for BCE): L_j = 1 at the start (the decoders are initialised as that predictor)
+    and < 1 once they learn, whatever the extractor's scale; ``none`` keeps PyTorch's (RecBole's) raw means,
+    whose size depends on the features (element-mean MSE of L2-normalised 4096-d features is ~1e-4, so
+    lambda barely matters for them). Measured on the bundled sample with ``constant``: lambda 0.1-1 helps
+    or is neutral, lambda 10 swamps L_id (training stalls near popularity), so the paper's grid 5..25 fits
+    raw losses, and about 0.1..3 fits normalised ones. Total
     ``L = L_id + mtl_lambda * sum_j L_j`` (eq 10). With no modalities the model is SASRec exactly
     (same parameter names and forward).
     """
@@ -61,7 +64,8 @@ class MAF(SequentialRecommender):
         fusion: str = "sum",
         scale: str = "head",
         multitask: bool = True,
-        mtl_lambda: float = 10.0,
+        mtl_lambda: float = 1.0,
+        mtl_normalize: str = "constant",
         dropout: float = 0.5,
         attn_dropout: float = 0.5,
         layer_norm_eps: float = 1e-12,
@@ -76,6 +80,8 @@ class MAF(SequentialRecommender):
             raise ValueError(
                 f"multimodal size d_mm={d_mm} must be <= the hidden size d={d} (paper section 3.3)"
             )
+        if mtl_normalize not in ("constant", "none"):
+            raise ValueError(f"mtl_normalize must be 'constant' or 'none', got {mtl_normalize!r}")
         self.aux_loss_weight = float(mtl_lambda)
         self.multitask = bool(multitask) and bool(self.modalities)
         self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
@@ -90,17 +96,24 @@ class MAF(SequentialRecommender):
             Block(d, n_heads, d_ff, dropout, attn_dropout, layer_norm_eps, **mm) for _ in range(n_layers)
         )
         self.mtl_norm: dict[str, float] = {}  # loss of the best constant predictor per modality
+        constant: dict[str, torch.Tensor] = {}  # that predictor's output (decoder bias at init)
         if self.modalities:
             self.mm_proj = nn.ModuleDict()  # W_v, W_t, W_c (eq 3)
             self.decoders = nn.ModuleDict()  # W'_v, W'_t, W'_c with biases (eqs 8-9)
             for name in self.modalities:
                 table = self._check_table(name, (features or {}).get(name), num_items)
                 self.register_buffer(f"feat_{name}", table, persistent=False)
-                self.mtl_norm[name] = _constant_loss(name, table)
+                self.mtl_norm[name], constant[name] = _constant_predictor(name, table)
+                if mtl_normalize == "none":
+                    self.mtl_norm[name] = 1.0
                 self.mm_proj[name] = nn.Linear(table.size(1), d_mm, bias=False)
                 if self.multitask:
                     self.decoders[name] = nn.Linear(d, table.size(1))
         self.init_weights(init_std)
+        with torch.no_grad():  # decoders start as the constant predictor: every L_j starts at 1
+            for name, decoder in getattr(self, "decoders", {}).items():
+                decoder.weight.zero_()
+                decoder.bias.copy_(constant[name])
 
     @staticmethod
     def _check_table(name: str, table: torch.Tensor | None, num_items: int) -> torch.Tensor:
@@ -161,9 +174,10 @@ class MAF(SequentialRecommender):
         return losses
 
 
-def _constant_loss(name: str, table: torch.Tensor, chunk: int = 16384) -> float:
-    """Loss of the best constant prediction over items 1..N: mean per-dimension variance (MSE) or mean
-    binary entropy of the per-category frequencies (BCE); 1.0 when that is 0 (a constant table)."""
+def _constant_predictor(name: str, table: torch.Tensor, chunk: int = 16384) -> tuple[float, torch.Tensor]:
+    """The best constant prediction over items 1..N and its loss: the mean row and the mean per-dimension
+    variance (MSE), or the category logits log(p / (1 - p)) and the mean binary entropy of the frequencies p
+    (BCE). A zero loss (constant table) is reported as 1.0 so the normalisation never divides by zero."""
     rows = table[1:]
     total = torch.zeros(table.size(1), dtype=torch.float64, device=table.device)
     squares = torch.zeros_like(total)
@@ -175,6 +189,8 @@ def _constant_loss(name: str, table: torch.Tensor, chunk: int = 16384) -> float:
     if name == "category":
         p = mean.clamp(1e-6, 1 - 1e-6)
         value = float(-(p * p.log() + (1 - p) * (1 - p).log()).mean())
+        output = torch.logit(p)
     else:
         value = float((squares / max(rows.size(0), 1) - mean * mean).clamp(min=0).mean())
-    return value if value > 1e-12 else 1.0
+        output = mean
+    return (value if value > 1e-12 else 1.0), output.float()
