@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -101,3 +103,10 @@ def test_build_ingestion_report_counts_coverage():
         "reviewed_items_with_metadata": 2,
         "reviewed_items_with_metadata_share": 0.6667,
     }
+
+
+def test_the_readers_do_not_import_torch():
+    """The streaming readers must stay light (the bench target is < 512 MB RSS; torch alone is ~600 MB)."""
+    code = "import sys, maf_pipeline.pipelines.ingestion.nodes; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -2,7 +2,6 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .interaction_formats import ingest_interaction_files
 from .nodes import build_ingestion_report, ingest_metadata, ingest_reviews
 
 
@@ -38,6 +37,10 @@ def create_interaction_only_pipeline(**kwargs) -> Pipeline:
     Registered as the ``ingestion_interactions`` pipeline; run it instead of ``ingestion``, then the rest of
     the chain (e.g. ``kedro run --pipeline=full --from-nodes=filter_date_window``).
     """
+    # imported here: interaction_formats needs maf_pipeline.datasets at run time, which imports torch
+    # (~600 MB of RSS) that the streaming readers above must not pay for when used on their own
+    from .interaction_formats import ingest_interaction_files
+
     return Pipeline(
         [
             Node(
