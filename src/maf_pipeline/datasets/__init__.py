@@ -1,6 +1,19 @@
-"""Custom Kedro datasets used by the catalog."""
+"""Custom Kedro datasets used by the catalog.
+
+``SafetensorsDataset`` is imported lazily: it needs torch (about 600 MB resident), which readers that only need
+``RawSource`` must not pay for.
+"""
+
+from typing import Any
 
 from .raw_file import RawFileDataset, RawSource
-from .safetensors_dataset import SafetensorsDataset
 
 __all__ = ["RawFileDataset", "RawSource", "SafetensorsDataset"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SafetensorsDataset":
+        from .safetensors_dataset import SafetensorsDataset
+
+        return SafetensorsDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
