@@ -29,11 +29,13 @@ from maf_pipeline.pipelines.features.nodes import encode_images, encode_texts
 from maf_pipeline.pipelines.features.stores import FeatureCache, ImageFolder
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = (
-    "women men leather cotton soft comfortable fit size small medium large boots shoes dress shirt jacket "
-    "sleeve waist casual running sole rubber heel zipper pocket wash machine imported brand quality color "
-    "black white blue red gift jewelry silver gold necklace earrings ring watch band strap lightweight"
-).split()
+VOCABULARY = (
+    "women men leather cotton soft comfortable fit size small medium large boots shoes dress shirt "
+    "jacket sleeve waist casual running sole rubber heel zipper pocket wash machine imported brand "
+    "quality color black white blue red gift jewelry silver gold necklace earrings ring watch band "
+    "strap lightweight"
+)
+WORDS = VOCABULARY.split()
 
 
 def _params() -> dict:
@@ -68,7 +70,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 (autocast)")
+    parser.add_argument("--batch-size", type=int, help="default: the parameters' batch_size")
+    parser.add_argument("--num-workers", type=int, help="image decoding workers (default: the parameters')")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -76,7 +80,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     base = _params()
     no_cache = {"enabled": False, "flush_every": 1024}
-    results = {"torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    results = {
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "load_average": os.getloadavg()[0],
+        "precision": args.precision,
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = FeatureCache(str(Path(tmp) / "cache"))
@@ -85,6 +94,10 @@ def main() -> None:
             ids = _images(store, args.images, rng)
             availability = pd.DataFrame({"item_id": ids, "has_image": True})
             p = {**base["image_encoder"], "device": args.device, "precision": args.precision}
+            if args.batch_size:
+                p["batch_size"] = args.batch_size
+            if args.num_workers is not None:
+                p["num_workers"] = args.num_workers
             if p["weights"] == "auto":
                 from maf_pipeline.pipelines.features.encoders import resolve_image_weights
 
@@ -102,6 +115,8 @@ def main() -> None:
             for label, weights in (("text_default", "auto"), ("bert_base_random", "none")):
                 p = {**copy.deepcopy(base["text_encoder"]), "weights": weights}
                 p.update(device=args.device, precision=args.precision)
+                if args.batch_size:
+                    p["batch_size"] = args.batch_size
                 start = time.perf_counter()
                 out = encode_texts(_index(ids), items, cache, p, no_cache, 0)["__metadata__"]
                 results[label] = {

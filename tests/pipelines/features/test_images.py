@@ -117,6 +117,14 @@ def dl(params) -> dict:
             "https://m.media-amazon.com/images/I/71xyz.jpg",
         ),
         ("https://m.media-amazon.com/images/I/71xyz.jpg", "https://m.media-amazon.com/images/I/71xyz.jpg"),
+        (  # a variant seen in the real 2018 metadata: no closing underscore
+            "https://images-na.ssl-images-amazon.com/images/I/41HSPSRZwZL._SX35_SY46.jpg",
+            "https://images-na.ssl-images-amazon.com/images/I/41HSPSRZwZL.jpg",
+        ),
+        (
+            "https://images-na.ssl-images-amazon.com/images/I/41HS._SX35_SY46._CR0,0,35,46_BG85,85,85_PKdp-play__.jpg",
+            "https://images-na.ssl-images-amazon.com/images/I/41HS.jpg",
+        ),
         ("https://example.com/a._b_/c.png", "https://example.com/a._b_/c.png"),  # only the file name's suffix
     ],
 )

@@ -33,9 +33,9 @@ from .stores import ImageFolder
 
 logger = logging.getLogger(__name__)
 
-# Amazon image URLs carry a size/crop directive between the image id and the extension
-# (``51abc._SX38_SY50_CR,0,0,38,50_.jpg``); removing it yields the full-size original.
-_AMAZON_SIZE_SUFFIX = re.compile(r"\._[^/]*_(\.[A-Za-z0-9]+)$")
+# Amazon image URLs carry size/crop directives between the image id and the extension, after a "._"
+# (``51abc._SX38_SY50_CR,0,0,38,50_.jpg``, ``41HS._SX35_SY46.jpg``); dropping them gives the full image.
+_AMAZON_SIZE_SUFFIX = re.compile(r"(/[^/.]+)\._[^/]*(\.[A-Za-z0-9]+)$")
 _FORMAT_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}
 _RETRY_HTTP = {408, 425, 429, 500, 502, 503, 504}
 AVAILABILITY_COLUMNS = ["item_id", "has_image", "status", "source", "url", "num_bytes", "detail"]
@@ -59,7 +59,7 @@ class FetchResult:
 
 def full_size_url(url: str) -> str:
     """Turn an Amazon thumbnail URL into the full-size image URL by dropping the ``._..._`` size suffix."""
-    return _AMAZON_SIZE_SUFFIX.sub(r"\1", url.strip())
+    return _AMAZON_SIZE_SUFFIX.sub(r"\1\2", url.strip())
 
 
 def verify_image(data: bytes, max_pixels: int = 89_478_485) -> tuple[str | None, str]:

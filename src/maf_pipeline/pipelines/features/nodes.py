@@ -203,6 +203,7 @@ def encode_images(
             batch_size=int(params["batch_size"]),
             num_workers=int(params["num_workers"]),
             collate_fn=_collate_images,
+            pin_memory=device.type == "cuda",
         )
 
         def batches() -> Iterator[tuple[list[str], torch.Tensor, list[str]]]:
