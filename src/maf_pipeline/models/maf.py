@@ -40,7 +40,7 @@ class MAF(SequentialRecommender):
     category frequencies for BCE): L_j = 1 at the start (the decoders are initialised as that predictor)
     and < 1 once they learn, whatever the extractor's scale; ``none`` keeps PyTorch's (RecBole's) raw means,
     whose size depends on the features (element-mean MSE of L2-normalised 4096-d features is ~1e-4, so
-    lambda barely matters for them). Measured on the bundled sample with ``constant``: lambda 0.1-1 helps
+    lambda barely matters for them). Measured on the bundled sample with ``constant``: lambda 0.1-3 helps
     or is neutral, lambda 10 swamps L_id (training stalls near popularity), so the paper's grid 5..25 fits
     raw losses, and about 0.1..3 fits normalised ones. Total
     ``L = L_id + mtl_lambda * sum_j L_j`` (eq 10). With no modalities the model is SASRec exactly
