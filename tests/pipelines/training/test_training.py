@@ -121,6 +121,14 @@ def test_sasrec_trains_through_the_same_node(tmp_path: Path) -> None:
     assert set(history["epochs"][0]["loss"]) == {"loss", "id"}
 
 
+def test_last_position_objective_trains_one_sample_per_target(tmp_path: Path) -> None:
+    data, features = make_sequences(), make_features(30)
+    params = training_params(tmp_path, epochs=1, objective="last_position")
+    _, history = run(data, features, tiny_maf_params(), params)
+    assert history["num_windows"] == sum(len(s) - 1 for s in data["train_sequences"]["items"])
+    assert history["epochs"][0]["loss"]["id"] > 0
+
+
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     data, features = make_sequences(), make_features(30)
     params = training_params(tmp_path, epochs=10, learning_rate=0.0, early_stopping={"patience": 2})
