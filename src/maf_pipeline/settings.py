@@ -13,4 +13,8 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # ${mlflow_dir:} in mlflow.yml: the project root, or $MAF_MLFLOW_DIR (tests use a temporary folder)
     "custom_resolvers": {"mlflow_dir": mlflow_dir},
+    # An environment's parameters are deep-merged over base. With Kedro's default (top-level keys replaced),
+    # `kedro run --env=sample --params=features.image_encoder.input_size=64` would replace the whole base
+    # `features` block by {image_encoder: {input_size: 64}}: runtime params land in the env layer.
+    "merge_strategy": {"parameters": "soft"},
 }
