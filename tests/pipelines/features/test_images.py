@@ -227,6 +227,7 @@ def test_acquire_from_urls_stores_verified_images_and_resumes(server, dl, params
         "E": [f"{base}/big-declared.jpg"],
     }
     interactions, items = _frames(urls)
+    items.loc[items["item_id"] == "D", "image_urls"] = float("nan")  # how a missing list can come back
     store = ImageFolder(str(tmp_path / "store"), writable=True)
     local = ImageFolder(str(tmp_path / "nowhere"))
     table = acquire_images(interactions, items, local, store, _url_params(params, dl))

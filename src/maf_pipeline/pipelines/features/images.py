@@ -157,7 +157,7 @@ def unreachable_hosts(urls: Sequence[str], timeout_s: float) -> dict[str, str]:
 
 
 def _candidate_urls(urls: Any, cfg: dict[str, Any]) -> list[str]:
-    if urls is None or isinstance(urls, str | bytes):
+    if urls is None or isinstance(urls, str | bytes | float):  # a missing list can arrive as NaN
         urls = [urls] if isinstance(urls, str) else []
     out: list[str] = []
     for url in list(urls)[: int(cfg["max_urls_per_item"])]:
