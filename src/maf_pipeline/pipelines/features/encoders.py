@@ -359,7 +359,7 @@ def build_text_encoder(model_name: str, choice: WeightsChoice, seed: int) -> tup
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    if not sys.stderr.isatty():  # same rule as our tqdm bars (disable=None): no bars in logs
+    if not sys.stderr.isatty():  # as maf_pipeline.progress does: bars only on a terminal
         hf_logging.disable_progress_bar()
     if choice.location is None:
         model, tokenizer = _random_text_model(model_name, seed)
