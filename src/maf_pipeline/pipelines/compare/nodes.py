@@ -1,0 +1,401 @@
+"""Compare nodes: train models and MAF variants over a list of seeds with the shared training/evaluation code.
+
+Every run goes through :func:`maf_pipeline.pipelines.training.nodes.train_model` (same windows, early
+stopping, checkpoints) and :func:`maf_pipeline.pipelines.evaluation.nodes.evaluate_scorer` (same split,
+protocols and tie rule), so the comparison differs only in the model. A node returns its runs in long form,
+one row per (variant, seed, protocol, split, metric); the reporting nodes aggregate them over seeds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+import torch
+
+from maf_pipeline.models import MODELS, Popularity, empty_modalities, model_from_artifact
+from maf_pipeline.pipelines.evaluation.nodes import evaluate_scorer
+from maf_pipeline.pipelines.training.nodes import train_model
+
+logger = logging.getLogger(__name__)
+
+RUN_COLUMNS = [
+    "variant",
+    "architecture",
+    "seed",
+    "protocol",
+    "split",
+    "metric",
+    "value",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+    "config",
+]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """``base`` updated by ``override``, nested dicts merged key by key (so ``early_stopping.patience`` alone
+    can be overridden)."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        out[key] = (
+            deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
+    return out
+
+
+def empty_runs() -> pd.DataFrame:
+    """A runs table with no rows (a skipped model or experiment)."""
+    return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in RUN_COLUMNS})
+
+
+class RunContext:
+    """The shared inputs of every run: sequences, feature tables, merged training/evaluation settings."""
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        compare_params: dict[str, Any],
+        training_params: dict[str, Any],
+        evaluation_params: dict[str, Any],
+        max_len: int,
+        seed: int,
+    ) -> None:
+        self.data, self.max_len, self.eval_seed = data, int(max_len), int(seed)
+        self.training = deep_merge(training_params, compare_params.get("training"))
+        self.evaluation = deep_merge(evaluation_params, compare_params.get("evaluation"))
+        self.protocols = list(compare_params.get("protocols") or [self.evaluation.get("protocol", "full")])
+        self.num_items = int(data["item_index"]["item_idx"].max())
+        tables = {
+            "image": data["image_features"],
+            "text": data["text_features"],
+            "category": data["category_features"],
+        }
+        self.tables = {k: t["features"] for k, t in tables.items() if t is not None and "features" in t}
+        self.present = [m for m in ("image", "text", "category") if m in self.tables]
+        self.present = [m for m in self.present if m not in empty_modalities(self.tables)]
+
+    def evaluate(self, scorer: torch.nn.Module, max_len: int) -> list[dict[str, Any]]:
+        """Rows ``(protocol, split, metric, value)`` per configured protocol (negatives: the global seed)."""
+        rows = []
+        for protocol in self.protocols:
+            metrics, _ = evaluate_scorer(
+                scorer, self.num_items, max_len, self.data["train_sequences"], self.data["valid_sequences"],
+                self.data["test_sequences"], {**self.evaluation, "protocol": protocol}, self.eval_seed,
+            )  # fmt: skip
+            for split in ("valid", "test"):
+                rows.extend(
+                    {"protocol": protocol, "split": split, "metric": name, "value": float(value)}
+                    for name, value in metrics[split].items()
+                    if name != "num_users"
+                )
+        return rows
+
+    def train_and_evaluate(
+        self, variant: str, model_params: dict[str, Any], seed: int, training: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Train one model with one seed through the training node, evaluate it, and label the rows."""
+        d = self.data
+        artifact, history = train_model(
+            d["train_sequences"], d["valid_sequences"], d["item_index"], d["image_features"],
+            d["text_features"], d["category_features"], model_params, training or self.training, self.max_len,
+            seed,
+        )  # fmt: skip
+        model = model_from_artifact(artifact, self.tables)
+        info = {
+            "variant": variant,
+            "architecture": model_params["architecture"],
+            "seed": int(seed),
+            "best_epoch": history["best_epoch"],
+            "epochs_run": len(history["epochs"]),
+            "train_seconds": round(float(history["total_seconds"]), 2),
+            "config": _config_text(model_params),
+        }
+        return [{**info, **row} for row in self.evaluate(model, self.max_len)]
+
+    def missing_modalities(self, model_params: dict[str, Any]) -> bool:
+        """Whether a feature-based model would be left without any modality on this data set."""
+        cls = MODELS[model_params["architecture"]]
+        if not cls.feature_names or model_params["architecture"] == "maf":
+            return False  # MAF without modalities is SASRec: still a valid run
+        wanted = model_params.get("modalities", cls.feature_names) or ()
+        return not any(m in self.present for m in wanted)
+
+
+def _config_text(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(config.items()) if k != "architecture")
+
+
+def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        return empty_runs()
+    return frame.reindex(columns=RUN_COLUMNS)
+
+
+def _seeds(compare_params: dict[str, Any]) -> list[int]:
+    seeds = [int(s) for s in compare_params.get("seeds") or []]
+    if not seeds:
+        raise ValueError("compare.seeds must list at least one seed")
+    return seeds
+
+
+def _data(
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    item_index: pd.DataFrame,
+    image_features: dict[str, Any],
+    text_features: dict[str, Any],
+    category_features: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "train_sequences": train_sequences,
+        "valid_sequences": valid_sequences,
+        "test_sequences": test_sequences,
+        "item_index": item_index,
+        "image_features": image_features,
+        "text_features": text_features,
+        "category_features": category_features,
+    }
+
+
+def run_popularity(
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    item_index: pd.DataFrame,
+    compare_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+    seed: int,
+) -> pd.DataFrame:
+    """The popularity floor under every configured protocol (deterministic: one run, not one per seed)."""
+    if "pop" not in (compare_params.get("models") or []):
+        logger.info("compare: pop not selected (compare.models)")
+        return empty_runs()
+    data = {
+        "train_sequences": train_sequences,
+        "valid_sequences": valid_sequences,
+        "test_sequences": test_sequences,
+    }
+    data.update(item_index=item_index, image_features=None, text_features=None, category_features=None)
+    ctx = RunContext(data, compare_params, {}, evaluation_params, 1, seed)
+    pop = Popularity.from_sequences(list(train_sequences["items"]), ctx.num_items)
+    info = {"variant": "pop", "architecture": "pop", "seed": None, "config": "training counts"}
+    return _frame({**info, **row} for row in ctx.evaluate(pop, 1))
+
+
+def run_model(
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    item_index: pd.DataFrame,
+    image_features: dict[str, Any],
+    text_features: dict[str, Any],
+    category_features: dict[str, Any],
+    model_params: dict[str, Any],
+    compare_params: dict[str, Any],
+    training_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+    max_len: int,
+    seed: int,
+    name: str,
+) -> pd.DataFrame:
+    """Train and evaluate model ``name`` (its ``params:<name>.model`` block) once per ``compare.seeds`` seed.
+
+    ``compare.model_training.<name>`` overrides the training settings of this model only (e.g. a longer
+    patience for BERT4Rec's noisy Cloze validation curve). A model not in ``compare.models`` is skipped (empty
+    table), and so is a feature-based baseline when the data set has none of its modalities.
+    """
+    if name not in (compare_params.get("models") or []):
+        logger.info("compare: %s not selected (compare.models)", name)
+        return empty_runs()
+    data = _data(
+        train_sequences,
+        valid_sequences,
+        test_sequences,
+        item_index,
+        image_features,
+        text_features,
+        category_features,
+    )
+    ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
+    if ctx.missing_modalities(model_params):
+        logger.warning("compare: %s skipped: none of its modalities has features on this data set", name)
+        return empty_runs()
+    rows = []
+    seeds = _seeds(compare_params)
+    training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get(name))
+    for i, s in enumerate(seeds, start=1):
+        started = time.perf_counter()
+        rows.extend(ctx.train_and_evaluate(name, model_params, s, training))
+        logger.info(
+            "compare: %s seed %d (%d/%d) done in %.1f s",
+            name,
+            s,
+            i,
+            len(seeds),
+            time.perf_counter() - started,
+        )
+    return _frame(rows)
+
+
+def resolve_maf_config(maf_params: dict[str, Any], grid_selection: dict[str, Any]) -> dict[str, Any]:
+    """The MAF block of every comparison: ``params:maf.model`` updated by the grid-search choice, if any."""
+    best = (grid_selection or {}).get("best") or {}
+    if best:
+        logger.info("compare: MAF uses the grid-search choice %s (selected on validation)", best)
+    return {**maf_params, **best}
+
+
+def run_maf_variants(
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    item_index: pd.DataFrame,
+    image_features: dict[str, Any],
+    text_features: dict[str, Any],
+    category_features: dict[str, Any],
+    maf_config: dict[str, Any],
+    maf_runs: pd.DataFrame,
+    variants: dict[str, dict[str, Any]] | None,
+    compare_params: dict[str, Any],
+    training_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+    max_len: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Train each MAF variant (label -> overrides of the MAF block) over the seeds; one family per experiment.
+
+    A variant equal to the MAF block itself (e.g. ``Sum`` when MAF uses sum) reuses the Table 2 MAF runs when
+    they cover the same seeds, so the reference model is trained once for all tables.
+    """
+    if not variants:
+        return empty_runs()
+    data = _data(
+        train_sequences,
+        valid_sequences,
+        test_sequences,
+        item_index,
+        image_features,
+        text_features,
+        category_features,
+    )
+    ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
+    seeds = _seeds(compare_params)
+    reusable = (
+        not maf_runs.empty
+        and set(maf_runs["seed"].dropna().astype(int)) == set(seeds)
+        and set(maf_runs["protocol"]) == set(ctx.protocols)
+    )
+    frames = []
+    for label, overrides in variants.items():
+        config = {**maf_config, **(overrides or {})}
+        wanted = config.get("modalities") or []
+        if wanted and not any(m in ctx.present for m in wanted):
+            logger.warning("compare: variant %r skipped: no features for %s on this data set", label, wanted)
+            continue
+        if config == maf_config and reusable:
+            logger.info("compare: variant %r is the MAF of Table 2: reusing its runs", label)
+            frames.append(maf_runs.assign(variant=label))
+            continue
+        rows = []
+        for s in seeds:
+            rows.extend(ctx.train_and_evaluate(label, config, s))
+        frames.append(_frame(rows))
+    return pd.concat(frames, ignore_index=True) if frames else empty_runs()
+
+
+def run_grid_search(
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+    item_index: pd.DataFrame,
+    image_features: dict[str, Any],
+    text_features: dict[str, Any],
+    category_features: dict[str, Any],
+    maf_params: dict[str, Any],
+    grid_params: dict[str, Any],
+    compare_params: dict[str, Any],
+    training_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+    max_len: int,
+    seed: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Paper section 4.2's grid over d', lambda and F (when ``compare.grid.enabled``), selected on validation.
+
+    ``grid.fixed`` overrides the MAF block at every point (e.g. ``mtl_normalize: none``: the paper's lambda
+    grid is for raw multitask losses). Every point is trained for each of ``grid.seeds`` and scored by the
+    mean *validation* ``grid.metric`` under the first protocol; test metrics are recorded, never used. Points
+    invalid for the MAF block (d' > d or d' not divisible by the heads) are skipped with a warning. Returns
+    the runs and the selection (the best point, with ``fixed``).
+    """
+    grid = grid_params or {}
+    if not grid.get("enabled", False):
+        return empty_runs(), {"enabled": False, "best": {}}
+    axes = {k: list(grid[k]) for k in ("d_mm", "mtl_lambda", "fusion") if grid.get(k)}
+    metric = grid.get("metric", "ndcg@20")
+    seeds = [int(s) for s in grid.get("seeds") or _seeds(compare_params)]
+    data = _data(
+        train_sequences,
+        valid_sequences,
+        test_sequences,
+        item_index,
+        image_features,
+        text_features,
+        category_features,
+    )
+    ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
+    points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    fixed = dict(grid.get("fixed") or {})
+    rows = []
+    for i, point in enumerate(points, start=1):
+        config = {**maf_params, **fixed, **point}
+        d_mm, d, heads = int(config.get("d_mm", 0)), int(config.get("d", 0)), int(config.get("n_heads", 1))
+        if d_mm > d or d_mm % heads:
+            logger.warning(
+                "grid: skipping %s (d'=%d must be <= d=%d and divisible by %d heads)", point, d_mm, d, heads
+            )
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        logger.info("grid point %d/%d: %s", i, len(points), label)
+        for s in seeds:
+            rows.extend(
+                {**r, **{f"grid_{k}": v for k, v in point.items()}}
+                for r in ctx.train_and_evaluate(label, config, s)
+            )
+    runs = pd.DataFrame(rows)
+    if runs.empty:
+        raise ValueError(
+            "compare.grid: no valid grid point (check d_mm against the MAF block's d and n_heads)"
+        )
+    protocol = ctx.protocols[0]
+    valid = runs[(runs["split"] == "valid") & (runs["protocol"] == protocol) & (runs["metric"] == metric)]
+    scores = valid.groupby("variant")["value"].mean()
+    best_label = scores.idxmax()
+    best_row = runs[runs["variant"] == best_label].iloc[0]
+    best = {**fixed, **{k: _plain(best_row[f"grid_{k}"]) for k in axes}}
+    selection = {
+        "enabled": True,
+        "metric": metric,
+        "split": "valid",
+        "protocol": protocol,
+        "seeds": seeds,
+        "best": best,
+        "best_valid": float(scores.max()),
+        "scores": {k: float(v) for k, v in scores.sort_values(ascending=False).items()},
+    }
+    logger.info("grid: best %s with valid %s %.4f", best, metric, scores.max())
+    return runs, selection
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python (JSON-friendly)."""
+    return value.item() if hasattr(value, "item") else value

@@ -1,0 +1,163 @@
+"""compare nodes on synthetic data: seeds loop, model selection, reuse of the MAF runs, grid selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from maf_pipeline.models import MODELS
+from maf_pipeline.pipelines.compare.nodes import (
+    RUN_COLUMNS,
+    deep_merge,
+    resolve_maf_config,
+    run_grid_search,
+    run_maf_variants,
+    run_model,
+    run_popularity,
+)
+from maf_pipeline.pipelines.compare.pipeline import TAG, create_compare_pipeline, create_pipeline
+from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
+
+METRICS = {"recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr"}
+
+
+@pytest.fixture(scope="module")
+def shared() -> list:
+    data, feats = make_sequences(num_users=20, num_items=30, seed=2), make_features(30)
+    return [
+        data["train_sequences"], data["valid_sequences"], data["test_sequences"], data["item_index"],
+        feats["image"], feats["text"], feats["category"],
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is several times faster
+    training = {
+        "epochs": 2,
+        "batch_size": 16,
+        "learning_rate": 1e-2,
+        "early_stopping": {"metric": "ndcg@20", "patience": None},
+        "device": "cpu",
+        "bf16": False,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+    }
+    evaluation = {"protocol": "full", "num_negatives": 5, "ks": [10, 20], "device": "cpu"}
+    compare = {"models": ["pop", "sasrec", "maf"], "seeds": [1, 2], "protocols": ["full", "sampled"]}
+    yield {"compare": compare, "training": training, "evaluation": evaluation}
+    torch.set_num_threads(threads)
+
+
+def run(shared, block, settings, name, **compare):
+    c = {**settings["compare"], **compare}
+    return run_model(*shared, block, c, settings["training"], settings["evaluation"], 6, 0, name)
+
+
+def test_deep_merge_overrides_nested_keys_only() -> None:
+    base = {"epochs": 200, "early_stopping": {"metric": "ndcg@20", "patience": 10}, "lr": 1e-4}
+    merged = deep_merge(base, {"epochs": 5, "early_stopping": {"patience": 2}})
+    assert merged == {"epochs": 5, "early_stopping": {"metric": "ndcg@20", "patience": 2}, "lr": 1e-4}
+    assert base["early_stopping"]["patience"] == 10 and deep_merge(base, None) == base
+
+
+def test_run_model_loops_over_seeds_and_protocols(shared, settings) -> None:
+    sasrec = {"architecture": "sasrec", "d": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+    runs = run(shared, sasrec, settings, "sasrec")
+    assert list(runs.columns) == RUN_COLUMNS
+    assert sorted(runs["seed"].unique()) == [1, 2]
+    assert set(runs["protocol"]) == {"full", "sampled"} and set(runs["split"]) == {"valid", "test"}
+    assert set(runs["metric"]) == METRICS and (runs["epochs_run"] == 2).all()
+    assert len(runs) == 2 * 2 * 2 * len(METRICS)
+    by_seed = runs[(runs["metric"] == "mrr") & (runs["split"] == "test") & (runs["protocol"] == "full")]
+    assert by_seed["value"].nunique() == 2  # the seed changes the model
+    sampled = runs[(runs["protocol"] == "sampled") & (runs["metric"] == "recall@10")]
+    assert (sampled["value"] == 1.0).all()  # 5 negatives + target: always in the top 10
+    assert run(shared, sasrec, settings, "sasrec", models=["pop"]).empty  # not selected: skipped
+
+
+def test_popularity_is_one_deterministic_run(shared, settings) -> None:
+    runs = run_popularity(*shared[:4], settings["compare"], settings["evaluation"], 0)
+    assert runs["variant"].unique().tolist() == ["pop"] and runs["seed"].isna().all()
+    assert len(runs) == 2 * 2 * len(METRICS)
+    assert run_popularity(*shared[:4], {**settings["compare"], "models": ["maf"]}, {}, 0).empty
+
+
+def test_feature_baseline_is_skipped_without_features(shared, settings) -> None:
+    empty = {"features": torch.zeros(31, 4)}
+    no_features = [*shared[:4], empty, empty, empty]
+    block = {"architecture": "fdsa", "d": 16, "n_layers": 1, "n_heads": 2}
+    c = {**settings["compare"], "models": ["fdsa"]}
+    assert run_model(*no_features, block, c, settings["training"], settings["evaluation"], 6, 0, "fdsa").empty
+
+
+def test_maf_variants_reuse_the_table2_maf_runs(shared, settings) -> None:
+    maf = tiny_maf_params()
+    maf_runs = run(shared, maf, settings, "maf")
+    variants = {"Sum": {"fusion": "sum"}, "Gate": {"fusion": "gate"}}
+    c, t, e = settings["compare"], settings["training"], settings["evaluation"]
+    runs = run_maf_variants(*shared, maf, maf_runs, variants, c, t, e, 6, 0)
+    assert list(dict.fromkeys(runs["variant"])) == ["Sum", "Gate"]
+    reused = runs[runs["variant"] == "Sum"].drop(columns="variant").reset_index(drop=True)
+    pd.testing.assert_frame_equal(reused, maf_runs.drop(columns="variant").reset_index(drop=True))
+    assert runs[runs["variant"] == "Gate"]["config"].str.contains("fusion=gate").all()
+    # without Table 2's runs (MAF not selected) the reference variant is trained
+    alone = run_maf_variants(*shared, maf, maf_runs.iloc[0:0], {"Sum": {}}, c, t, e, 6, 0)
+    assert len(alone) == len(reused) and (alone["train_seconds"] > 0).all()
+    assert run_maf_variants(*shared, maf, maf_runs, {}, c, t, e, 6, 0).empty
+    image_only = {"Image": {"modalities": ["image"]}}
+    no_image = [*shared[:4], {"features": torch.zeros(31, 12)}, *shared[5:]]
+    assert run_maf_variants(*no_image, maf, maf_runs, image_only, c, t, e, 6, 0).empty
+
+
+def test_grid_search_selects_on_validation_only(shared, settings) -> None:
+    maf = tiny_maf_params()
+    grid = {"enabled": True, "d_mm": [4, 8, 32], "mtl_lambda": [5], "fusion": ["sum", "concat"], "seeds": [3]}
+    c, t, e = settings["compare"], settings["training"], settings["evaluation"]
+    runs, selection = run_grid_search(*shared, maf, grid, c, t, e, 6, 0)
+    assert set(runs["variant"].unique()) == {
+        f"d_mm={d}, mtl_lambda=5, fusion={f}" for d in (4, 8) for f in ("sum", "concat")
+    }
+    valid = runs[(runs["split"] == "valid") & (runs["protocol"] == "full") & (runs["metric"] == "ndcg@20")]
+    best = valid.groupby("variant")["value"].mean().idxmax()
+    assert selection["best"] == dict(
+        zip(
+            ["d_mm", "mtl_lambda", "fusion"],
+            runs[runs["variant"] == best].iloc[0][["grid_d_mm", "grid_mtl_lambda", "grid_fusion"]],
+            strict=True,
+        )
+    )
+    assert selection["split"] == "valid" and (runs["seed"] == 3).all()
+    assert resolve_maf_config(maf, selection) == {**maf, **selection["best"]}
+    off_runs, off = run_grid_search(*shared, maf, {"enabled": False}, c, t, e, 6, 0)
+    assert off_runs.empty and off == {"enabled": False, "best": {}}
+    assert resolve_maf_config(maf, off) == maf
+
+
+def test_pipeline_has_a_node_per_model_and_experiment() -> None:
+    compare = create_compare_pipeline()
+    names = {n.name for n in compare.nodes}
+    assert {f"compare.run_{m}" for m in (*MODELS, "pop")} <= names
+    assert {
+        "compare.run_fusion",
+        "compare.run_multitask",
+        "compare.run_modalities",
+        "compare.run_grid_search",
+    } <= names
+    assert all(TAG in n.tags for n in compare.nodes)
+    reports = {
+        "table2",
+        "table2_csv",
+        "table3",
+        "table3_csv",
+        "table4",
+        "table4_csv",
+        "figure3",
+        "grid_report",
+    }
+    assert {f"compare.{r}" for r in reports} <= compare.all_outputs()
+    assert {"train_sequences", "text_features", "params:compare", "params:maf.model"} <= compare.inputs()
+    assert "raw_reviews" in create_pipeline().inputs()  # the full command starts from the raw data
