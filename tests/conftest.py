@@ -24,7 +24,7 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 # Runtime overrides (kedro --params) that make the end-to-end run fast on two CPU cores while exercising
-# every node. Each entry is a dotted parameter key; pipelines' owners keep these in step with their parameters.
+# every node. Each entry is a dotted parameter key; pipeline owners keep them in step with their parameters.
 E2E_PARAMS: dict[str, object] = {
     "features.image_encoder.input_size": 64,  # VGG16 at 64 px: same code path, ~12x less compute than 224
     "training.epochs": 12,
@@ -34,8 +34,8 @@ E2E_PARAMS: dict[str, object] = {
 def copy_project(dest: Path) -> Path:
     """Copy what a Kedro run needs (package metadata, conf, the bundled sample) into ``dest``.
 
-    The copy has its own ``data/``, and its MLflow store is the session's temporary one (``mlflow_dir`` below),
-    so tests never write into the developer's project.
+    The copy has its own ``data/``, and its MLflow store is the session's temporary one (``mlflow_dir``
+    below), so tests never write into the developer's project.
     """
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "pyproject.toml", dest / "pyproject.toml")
@@ -44,7 +44,9 @@ def copy_project(dest: Path) -> Path:
     (dest / "conf" / "local").mkdir(exist_ok=True)
     for layer in sorted(p.name for p in (REPO / "data").iterdir() if p.is_dir()):
         (dest / "data" / layer).mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "data" / "01_raw" / "sample", dest / "data" / "01_raw" / "sample", dirs_exist_ok=True)
+    shutil.copytree(
+        REPO / "data" / "01_raw" / "sample", dest / "data" / "01_raw" / "sample", dirs_exist_ok=True
+    )
     return dest
 
 
@@ -56,7 +58,10 @@ def kedro(project: Path, *args: str, params: dict[str, object] | None = None, ti
     env = {**os.environ, "KEDRO_LOGGING_CONFIG": str(REPO / "conf" / "logging.yml"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        pytest.fail(f"`kedro {' '.join(args)}` failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
+        command = " ".join(args)
+        pytest.fail(
+            f"`kedro {command}` failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 

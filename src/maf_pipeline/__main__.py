@@ -7,7 +7,7 @@ from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
 
-def main(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+def main(*args, **kwargs) -> None:
     """Run the project's ``kedro run`` command."""
     package_name = Path(__file__).parent.name
     configure_project(package_name)

@@ -1,7 +1,7 @@
 """Custom Kedro datasets used by the catalog.
 
-``SafetensorsDataset`` is imported lazily: it needs torch (about 600 MB resident), which readers that only need
-``RawSource`` must not pay for.
+``SafetensorsDataset`` is imported lazily: it needs torch (about 600 MB resident), which readers that only
+need ``RawSource`` must not pay for.
 """
 
 from typing import Any

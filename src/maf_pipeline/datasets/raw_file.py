@@ -24,7 +24,7 @@ class RawSource:
         """The file name, for messages."""
         return PurePosixPath(self.path).name
 
-    def open(self, mode: str = "rb"):  # noqa: ANN201
+    def open(self, mode: str = "rb"):
         """Open the raw bytes (no decompression: readers detect gzip themselves)."""
         fs = fsspec.filesystem(self.protocol, **dict(self.storage_options))
         return fs.open(self.path, mode)

@@ -16,7 +16,7 @@ _META_KEY = "__metadata__"
 
 
 class SafetensorsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
-    """Saves and loads ``dict[str, Tensor]``; an optional ``"__metadata__"`` entry (JSON-able dict) rides along.
+    """Saves and loads ``dict[str, Tensor]``; an optional ``"__metadata__"`` entry (a JSON-able dict) too.
 
     Writes are atomic (temporary file then rename) so a killed run never leaves a half-written artifact.
     """
