@@ -77,6 +77,8 @@ def test_run_model_loops_over_seeds_and_protocols(shared, settings) -> None:
     sampled = runs[(runs["protocol"] == "sampled") & (runs["metric"] == "recall@10")]
     assert (sampled["value"] == 1.0).all()  # 5 negatives + target: always in the top 10
     assert run(shared, sasrec, settings, "sasrec", models=["pop"]).empty  # not selected: skipped
+    one_epoch = run(shared, sasrec, settings, "sasrec", seeds=[1], model_training={"sasrec": {"epochs": 1}})
+    assert (one_epoch["epochs_run"] == 1).all()  # per-model training override
 
 
 def test_popularity_is_one_deterministic_run(shared, settings) -> None:

@@ -289,6 +289,7 @@ def run_maf_variants(
         category_features,
     )
     ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
+    training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get("maf"))
     seeds = _seeds(compare_params)
     reusable = (
         not maf_runs.empty
@@ -308,7 +309,7 @@ def run_maf_variants(
             continue
         rows = []
         for s in seeds:
-            rows.extend(ctx.train_and_evaluate(label, config, s))
+            rows.extend(ctx.train_and_evaluate(label, config, s, training))
         frames.append(_frame(rows))
     return pd.concat(frames, ignore_index=True) if frames else empty_runs()
 
@@ -353,6 +354,7 @@ def run_grid_search(
         category_features,
     )
     ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
+    training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get("maf"))
     points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     fixed = dict(grid.get("fixed") or {})
     rows = []
@@ -369,7 +371,7 @@ def run_grid_search(
         for s in seeds:
             rows.extend(
                 {**r, **{f"grid_{k}": v for k, v in point.items()}}
-                for r in ctx.train_and_evaluate(label, config, s)
+                for r in ctx.train_and_evaluate(label, config, s, training)
             )
     runs = pd.DataFrame(rows)
     if runs.empty:
