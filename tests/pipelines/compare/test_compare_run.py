@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 from PIL import Image
@@ -24,8 +25,10 @@ TINY = {
 }
 
 
-def test_compare_writes_every_report(full_run) -> None:
-    project, _ = full_run
+def test_compare_writes_every_report(full_run, tmp_path, monkeypatch) -> None:
+    # A copy of the sample run, with its own MLflow store: the other tests of `full_run` see it untouched.
+    project = shutil.copytree(full_run[0], tmp_path / "project")
+    monkeypatch.setenv("MAF_MLFLOW_DIR", str(tmp_path / "mlflow"))
     kedro(project, "run", "--pipeline=compare", "--env=sample", "--tags=comparison", params=TINY, timeout=300)
     out = project / "data" / "08_reporting" / "compare"
 
