@@ -27,16 +27,6 @@ logger = logging.getLogger(__name__)
 FEATURE_DATASETS = {"image": "image_features", "text": "text_features", "category": "category_features"}
 
 
-def feature_tables(
-    image_features: dict[str, Any] | None,
-    text_features: dict[str, Any] | None,
-    category_features: dict[str, Any] | None,
-) -> dict[str, torch.Tensor]:
-    """The ``(N + 1, dim)`` tables of the feature datasets, keyed by modality (missing ones left out)."""
-    tables = {"image": image_features, "text": text_features, "category": category_features}
-    return {name: t["features"] for name, t in tables.items() if t is not None and "features" in t}
-
-
 def load_model(artifact: dict[str, Any], features: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
     """Rebuild a ``<model>.trained_model`` artifact (with the feature tables it uses) in eval mode on CPU."""
     return model_from_artifact(artifact, features).eval()

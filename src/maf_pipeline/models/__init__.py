@@ -69,6 +69,16 @@ def build_model(
         raise ValueError(f"bad parameters for {name!r}: {err}") from err
 
 
+def feature_tables(
+    image_features: dict[str, Any] | None,
+    text_features: dict[str, Any] | None,
+    category_features: dict[str, Any] | None,
+) -> dict[str, torch.Tensor]:
+    """The ``(N + 1, dim)`` tables of the three feature datasets by modality (missing ones left out)."""
+    tables = {"image": image_features, "text": text_features, "category": category_features}
+    return {name: t["features"] for name, t in tables.items() if t is not None and "features" in t}
+
+
 def model_from_artifact(
     artifact: dict[str, Any], features: dict[str, torch.Tensor] | None = None
 ) -> SequentialRecommender:
@@ -93,5 +103,6 @@ __all__ = [
     "SequentialRecommender",
     "build_model",
     "empty_modalities",
+    "feature_tables",
     "model_from_artifact",
 ]

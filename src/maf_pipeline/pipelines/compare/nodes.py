@@ -17,7 +17,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from maf_pipeline.models import MODELS, Popularity, empty_modalities, model_from_artifact
+from maf_pipeline.models import (
+    MODELS,
+    Popularity,
+    empty_modalities,
+    feature_tables,
+    model_from_artifact,
+)
 from maf_pipeline.pipelines.evaluation.nodes import evaluate_scorer
 from maf_pipeline.pipelines.training.nodes import train_model
 
@@ -73,12 +79,7 @@ class RunContext:
         self.evaluation = deep_merge(evaluation_params, compare_params.get("evaluation"))
         self.protocols = list(compare_params.get("protocols") or [self.evaluation.get("protocol", "full")])
         self.num_items = int(data["item_index"]["item_idx"].max())
-        tables = {
-            "image": data["image_features"],
-            "text": data["text_features"],
-            "category": data["category_features"],
-        }
-        self.tables = {k: t["features"] for k, t in tables.items() if t is not None and "features" in t}
+        self.tables = feature_tables(data["image_features"], data["text_features"], data["category_features"])
         self.present = [m for m in ("image", "text", "category") if m in self.tables]
         self.present = [m for m in self.present if m not in empty_modalities(self.tables)]
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from maf_pipeline.metrics import metric_values, rank_targets, sample_negatives, summarize
-from maf_pipeline.models import Popularity, model_from_artifact
+from maf_pipeline.models import Popularity, feature_tables, model_from_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +122,7 @@ def evaluate_model(
     seed: int,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Restore a ``<model>.trained_model`` artifact and evaluate it on the valid and test splits."""
-    tables = {"image": image_features, "text": text_features, "category": category_features}
-    features = {k: t["features"] for k, t in tables.items() if t is not None and "features" in t}
+    features = feature_tables(image_features, text_features, category_features)
     meta = trained_model["__metadata__"]
     model = model_from_artifact(trained_model, features)
     metrics, per_user = evaluate_scorer(

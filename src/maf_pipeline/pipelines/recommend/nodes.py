@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 
 from maf_pipeline.inference import (
-    feature_tables,
     load_model,
     recommendation_frame,
     resolve_device,
     top_k,
     user_histories,
 )
+from maf_pipeline.models import feature_tables
 
 logger = logging.getLogger(__name__)
 

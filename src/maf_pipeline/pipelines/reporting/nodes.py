@@ -13,7 +13,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from maf_pipeline.inference import feature_tables, load_model
+from maf_pipeline.inference import load_model
+from maf_pipeline.models import feature_tables
 
 logger = logging.getLogger(__name__)
 

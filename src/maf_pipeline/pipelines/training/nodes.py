@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from maf_pipeline.metrics import rank_targets, summarize
-from maf_pipeline.models import SequentialRecommender, build_model
+from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
 from maf_pipeline.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -124,13 +124,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def _to_cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _features(
-    image_features: dict[str, Any], text_features: dict[str, Any], category_features: dict[str, Any]
-) -> dict[str, torch.Tensor]:
-    tables = {"image": image_features, "text": text_features, "category": category_features}
-    return {name: t["features"] for name, t in tables.items() if t is not None and "features" in t}
 
 
 def _log_epoch(
@@ -277,7 +270,7 @@ def train_model(
     device = resolve_device(training_params.get("device", "auto"))
     if training_params.get("num_threads"):
         torch.set_num_threads(int(training_params["num_threads"]))
-    features = _features(image_features, text_features, category_features)
+    features = feature_tables(image_features, text_features, category_features)
     histories = [np.asarray(s, dtype=np.int64) for s in train_sequences["items"]]
     inputs, targets = training_windows(histories, max_len, training_params.get("objective", "all_positions"))
     valid_h = [np.asarray(h, dtype=np.int64) for h in valid_sequences["history"]]
