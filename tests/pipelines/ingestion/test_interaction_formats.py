@@ -123,3 +123,86 @@ def test_pipeline_option_produces_the_contract_tables() -> None:
     assert pipe.all_outputs() == {"interactions", "items", "ingestion_report"}
     assert pipe.inputs() == {"raw_interactions", "params:ingestion.interaction_only", "params:date_window"}
     assert {n.name for n in registered_pipeline().nodes} == {n.name for n in pipe.nodes}
+
+
+LINE_PER_USER = "1 10 11 12\n2 11 13\n\n3 10 12 14 11\n"
+ATTRIBUTES = '{"10": [1, 2], "11": [2, 3, 3], "12": [], "99": [4]}'
+
+
+def test_line_per_user_file_is_detected_with_its_attributes(tmp_path: Path) -> None:
+    source = write(tmp_path / "Beauty.txt", LINE_PER_USER)
+    write(tmp_path / "Beauty_item2attributes.json", ATTRIBUTES)
+    interactions, items, report = ingest_interaction_files(source, {}, OPEN_WINDOW)
+    assert report["format"] == "user_sequence" and report["synthetic_timestamps"]
+    assert len(interactions) == 9  # every item of every line, not only the first one
+    assert interactions["timestamp"].is_monotonic_increasing and interactions["timestamp"].is_unique
+    user3 = interactions[interactions["user_id"] == "3"].sort_values("timestamp")["item_id"].tolist()
+    assert user3 == ["10", "12", "14", "11"]  # per-user order = order on the line
+    assert report["summary"]["users"] == 3 and report["summary"]["items"] == 5
+    assert report["summary"]["lines"] == 3 and report["summary"]["malformed_lines"] == 0
+    by_id = items.set_index("item_id")
+    assert list(by_id.loc["10", "categories"]) == ["1", "2"]
+    assert list(by_id.loc["11", "categories"]) == ["2", "3"]  # deduplicated
+    assert list(by_id.loc["12", "categories"]) == [] and list(by_id.loc["14", "categories"]) == []
+    assert "99" not in by_id.index  # attributes of items never interacted with are not items
+    assert report["files"]["attributes"] == "Beauty_item2attributes.json"
+    assert report["summary"]["attribute_items_not_in_interactions"] == 1
+    assert report["summary"]["items_with"]["categories"] == 2
+
+
+def test_attributes_sibling_is_optional_and_found_for_compressed_files(tmp_path: Path) -> None:
+    plain = write(tmp_path / "Toys.txt", LINE_PER_USER)
+    _, items, report = ingest_interaction_files(plain, {}, OPEN_WINDOW)
+    assert report["files"]["attributes"] is None and items["categories"].map(len).sum() == 0
+    packed = write(tmp_path / "Sports.txt.gz", LINE_PER_USER, compress=True)
+    write(tmp_path / "Sports_item2attributes.json", ATTRIBUTES)
+    interactions, items, report = ingest_interaction_files(packed, {"format": "user_sequence"}, OPEN_WINDOW)
+    assert len(interactions) == 9 and report["files"]["attributes"] == "Sports_item2attributes.json"
+    write(tmp_path / "Bad_item2attributes.json", "[1, 2]")
+    with pytest.raises(ValueError, match="item id -> list of attribute ids"):
+        ingest_interaction_files(write(tmp_path / "Bad.txt", LINE_PER_USER), {}, OPEN_WINDOW)
+
+
+def test_more_fields_than_user_item_are_never_truncated(tmp_path: Path) -> None:
+    source = write(tmp_path / "seq.txt", "1 10\n2 11 12 13\n")
+    with pytest.raises(ValueError, match=r"lines \[2\] \(of 1\) hold more than a user and an item"):
+        ingest_interaction_files(source, {"format": "user_item"}, OPEN_WINDOW)
+    interactions, _, report = ingest_interaction_files(source, {}, OPEN_WINDOW)  # auto: line per user
+    assert report["format"] == "user_sequence" and len(interactions) == 4
+    pairs = write(tmp_path / "pairs.txt", "1 10\n1 11\n2 10\n")
+    assert ingest_interaction_files(pairs, {}, OPEN_WINDOW)[2]["format"] == "user_item"
+
+
+def test_malformed_lines_are_counted_and_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    good = "".join(f"{u} {u + 100} {u + 101}\n" for u in range(1, 199))
+    text = good[:20] + "7777\n" + good[20:] + "5 1 2\n"  # a user without items; user 5 a second time
+    source = write(tmp_path / "users.txt", text)
+    interactions, _, report = ingest_interaction_files(source, {}, OPEN_WINDOW)
+    assert report["summary"]["lines"] == 200 and report["summary"]["malformed_lines"] == 2
+    assert report["first_malformed_lines"][0] == good[:20].count("\n") + 1
+    assert report["summary"]["users"] == 198 and len(interactions) == 2 * 198
+    assert interactions.loc[interactions["user_id"] == "5", "item_id"].tolist() == ["105", "106"]
+    assert "malformed" in caplog.text
+    with pytest.raises(ValueError, match="more than max_bad_fraction"):
+        ingest_interaction_files(source, {"max_bad_fraction": 0.005}, OPEN_WINDOW)
+    pairs_forced = write(
+        tmp_path / "pairs.txt", "1 10\n1 11\n1 12\n2 10\n"
+    )  # user item read as line per user
+    with pytest.raises(ValueError, match="2 of 4 non-blank lines are malformed"):
+        ingest_interaction_files(pairs_forced, {"format": "user_sequence"}, OPEN_WINDOW)
+
+
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[3].parent / "shared/data/s3rec-beauty/Beauty.txt").exists(),
+    reason="the shared S3-Rec Beauty files are not on this machine",
+)
+def test_s3rec_beauty_counts() -> None:
+    path = Path(__file__).resolve().parents[3].parent / "shared/data/s3rec-beauty/Beauty.txt"
+    interactions, items, report = ingest_interaction_files(RawSource(str(path)), {}, None)
+    assert report["format"] == "user_sequence" and report["summary"]["malformed_lines"] == 0
+    assert (report["summary"]["users"], report["summary"]["items"], len(interactions)) == (
+        22363,
+        12101,
+        198502,
+    )
+    assert items["categories"].map(len).mean() == pytest.approx(3.72, abs=0.01)  # README: 3.7 per item

@@ -1,4 +1,4 @@
-"""Interaction-only inputs, to compare with published baselines: RecBole atomic files and ``user item`` text.
+"""Interaction-only inputs, to compare with published baselines: RecBole atomic files and two text formats.
 
 * RecBole atomic files (https://recbole.io/docs/user_guide/data/atomic_files.html): a tab-separated ``.inter``
   whose header names each column ``field:type`` (``user_id:token item_id:token rating:float timestamp:float``;
@@ -7,7 +7,16 @@
   and text, ``class`` genres -> categories). ``token_seq`` values are split on ``seq_separator`` (a space).
 * The SASRec authors' format (``data/Beauty.txt`` etc.): one ``user item`` pair per line, each user's lines in
   time order and no timestamps. Timestamps are synthesised in file order (``synthetic_start`` plus one
-  ``synthetic_step_s`` per line), which keeps every user's order and makes ties impossible.
+  ``synthetic_step_s`` per line), which keeps every user's order and makes ties impossible. A line with more
+  than two fields is not this format: ``auto`` reads such a file as ``user_sequence``, a forced ``user_item``
+  rejects it (never keeps only the first item).
+* The line-per-user format of S3-Rec, ICLRec, DuoRec and most later repositories (``data/Beauty.txt``): one
+  line per user, ``user item item ...`` in time order. Timestamps are synthesised in the same way. A line
+  without an item, or a user already seen on an earlier line, is malformed: counted, skipped and reported
+  (the read fails when more than ``max_bad_fraction`` of the lines are).
+* With either text format (or a RecBole file), a sibling ``<name>_item2attributes.json`` (``Beauty.txt`` ->
+  ``Beauty_item2attributes.json``, as those repositories ship it: ``{"item_id": [attribute ids]}``) is read
+  without configuration: each item's attribute ids become its category labels, i.e. the ``category`` modality.
 
 Both produce the ``interactions`` and ``items`` tables of the data contract (items without metadata get empty
 fields: the preprocessing ``required_modalities`` then decide), so the rest of the chain runs unchanged.
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import logging
 from pathlib import PurePosixPath
 from typing import Any
@@ -31,9 +41,11 @@ from .rows import ITEMS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "recbole", "user_item")
+FORMATS = ("auto", "recbole", "user_item", "user_sequence")
 DEFAULTS: dict[str, Any] = {
-    "format": "auto",  # auto: a .inter file (optionally .gz) is RecBole, anything else user_item
+    # auto: a .inter file (optionally .gz) is RecBole; a text file with a line of more than two fields is
+    # user_sequence (line per user), otherwise user_item
+    "format": "auto",
     "field_separator": "\t",
     "seq_separator": " ",
     "user_field": "user_id",
@@ -46,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
     "brand_fields": ["brand"],
     "synthetic_start": "2000-01-01",
     "synthetic_step_s": 1,
+    "attributes_suffix": "_item2attributes.json",  # sibling <name><suffix>: attribute ids -> categories
+    "max_bad_fraction": 0.01,  # user_sequence: share of malformed lines tolerated (counted and skipped)
+    "first_bad_lines": 10,  # malformed line numbers kept for the report and the warning
 }
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
@@ -117,14 +132,83 @@ def recbole_interactions(frame: pd.DataFrame, fields: dict[str, str], cfg: dict[
 
 
 def user_item_interactions(text: str, cfg: dict[str, Any]) -> pd.DataFrame:
-    """``interactions`` from ``user item`` lines in time order (whitespace-separated; blank lines skipped)."""
+    """``interactions`` from ``user item`` lines in time order (whitespace-separated; blank lines skipped).
+
+    A line with more than two fields is rejected, not truncated: it is another format (``user_sequence``).
+    """
     pairs = [line.split() for line in text.splitlines() if line.strip()]
     bad = [i for i, p in enumerate(pairs, start=1) if len(p) < 2]
     if bad:
         raise ValueError(f"user item file: non-blank lines {bad[:10]} do not hold a user and an item")
+    long = [i for i, p in enumerate(pairs, start=1) if len(p) > 2]
+    if long:
+        raise ValueError(
+            f"user item file: lines {long[:10]} (of {len(long)}) hold more than a user and an item: "
+            "a line-per-user file (user item item ...) is format user_sequence (or auto)"
+        )
     out = pd.DataFrame({"user_id": [p[0] for p in pairs], "item_id": [p[1] for p in pairs]})
     out["rating"] = np.float32(1.0)
     out["timestamp"] = synthetic_timestamps(len(out), cfg["synthetic_start"], cfg["synthetic_step_s"])
+    return out
+
+
+def user_sequence_interactions(text: str, cfg: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``interactions`` from ``user item item ...`` lines (one per user, items in time order) and a count of
+    the malformed lines skipped: a line with a user but no item, or a user already seen on an earlier line
+    (its items could belong before or after the first line's, so neither order is trusted more)."""
+    users: list[str] = []
+    items: list[str] = []
+    seen: set[str] = set()
+    bad: list[int] = []
+    lines = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        lines += 1
+        if len(fields) < 2 or fields[0] in seen:
+            bad.append(number)
+            continue
+        seen.add(fields[0])
+        users.extend([fields[0]] * (len(fields) - 1))
+        items.extend(fields[1:])
+    limit = float(cfg["max_bad_fraction"])
+    if bad:
+        logger.warning(
+            "line-per-user file: %d of %d non-blank lines malformed (no item, or a user seen before) and "
+            "skipped; first: %s",
+            len(bad), lines, bad[: int(cfg["first_bad_lines"])],
+        )  # fmt: skip
+    if lines and len(bad) / lines > limit:
+        raise ValueError(
+            f"line-per-user file: {len(bad)} of {lines} non-blank lines are malformed (no item, or a user "
+            f"seen before), more than max_bad_fraction {limit}; first: {bad[: int(cfg['first_bad_lines'])]}"
+        )
+    out = pd.DataFrame({"user_id": users, "item_id": items})
+    out["rating"] = np.float32(1.0)
+    out["timestamp"] = synthetic_timestamps(len(out), cfg["synthetic_start"], cfg["synthetic_step_s"])
+    return out, {
+        "lines": lines,
+        "malformed_lines": len(bad),
+        "first_malformed": bad[: int(cfg["first_bad_lines"])],
+    }
+
+
+def read_attributes(source: RawSource) -> dict[str, list[str]]:
+    """An ``item2attributes`` JSON object (item id -> list of attribute ids) as string labels per item."""
+    data = json.loads(_read_text(source))
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ValueError(f"{source.name}: expected a JSON object of item id -> list of attribute ids")
+    return {str(item): [str(a) for a in attributes] for item, attributes in data.items()}
+
+
+def add_attributes(items: pd.DataFrame, attributes: dict[str, list[str]]) -> pd.DataFrame:
+    """``items`` with each item's attribute ids appended to its category labels (deduplicated, in order)."""
+    out = items.copy()
+    out["categories"] = [
+        list(dict.fromkeys([*labels, *attributes.get(item, [])]))
+        for item, labels in zip(out["item_id"], out["categories"], strict=True)
+    ]
     return out
 
 
@@ -180,12 +264,19 @@ def recbole_items(
     return items[ITEMS_SCHEMA.names]
 
 
-def detect_interaction_format(source: RawSource, cfg: dict[str, Any]) -> str:
-    """``recbole`` for ``*.inter`` (or ``*.inter.gz``), else ``user_item``, unless the format is forced."""
+def detect_interaction_format(source: RawSource, cfg: dict[str, Any], text: str | None = None) -> str:
+    """The forced format, else ``recbole`` for ``*.inter`` (or ``*.inter.gz``), else from the text: a line
+    with more than two fields makes it ``user_sequence`` (line per user), otherwise ``user_item``."""
     if cfg["format"] != "auto":
         return cfg["format"]
-    suffixes = PurePosixPath(source.path).suffixes
-    return "recbole" if ".inter" in suffixes[-2:] else "user_item"
+    if _is_inter(source):
+        return "recbole"
+    text = _read_text(source) if text is None else text
+    return "user_sequence" if any(len(line.split()) > 2 for line in text.splitlines()) else "user_item"
+
+
+def _is_inter(source: RawSource) -> bool:
+    return ".inter" in PurePosixPath(source.path).suffixes[-2:]
 
 
 def _sibling(source: RawSource, suffix: str) -> RawSource:
@@ -194,19 +285,30 @@ def _sibling(source: RawSource, suffix: str) -> RawSource:
     return RawSource(str(path.with_name(stem + suffix)), source.protocol, source.storage_options)
 
 
+def _attributes_sibling(source: RawSource, suffix: str) -> RawSource:
+    """``<name><suffix>`` next to ``<name>.<ext>`` (the name up to its first dot: Beauty.txt.gz -> Beauty)."""
+    path = PurePosixPath(source.path)
+    return RawSource(
+        str(path.with_name(path.name.split(".")[0] + suffix)), source.protocol, source.storage_options
+    )
+
+
 def ingest_interaction_files(
     raw_interactions: RawSource, params: dict[str, Any] | None, date_window: dict[str, Any] | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Read a RecBole ``.inter`` (+ its ``.item``) or a ``user item`` file into ``interactions``, ``items``.
+    """Read a RecBole ``.inter`` (+ its ``.item``), a ``user item`` or a line-per-user file (+ a sibling
+    ``<name>_item2attributes.json``) into ``interactions`` and ``items``.
 
     Rows outside the inclusive ``date_window`` are dropped when the timestamps are real (synthesised ones are
     never windowed: set ``date_window`` to nulls for such data). Returns the tables and a report.
     """
     cfg = _settings(params)
-    fmt = detect_interaction_format(raw_interactions, cfg)
+    text = None if _is_inter(raw_interactions) and cfg["format"] == "auto" else _read_text(raw_interactions)
+    fmt = detect_interaction_format(raw_interactions, cfg, text)
     item_file = None
+    lines: dict[str, Any] = {}
     if fmt == "recbole":
-        frame, fields = read_atomic(_read_text(raw_interactions), cfg["field_separator"])
+        frame, fields = read_atomic(text or _read_text(raw_interactions), cfg["field_separator"])
         interactions = recbole_interactions(frame, fields, cfg)
         synthetic = cfg["time_field"] not in fields
         item_source = next((s for s in (_sibling(raw_interactions, ".item"),) if s.exists()), None)
@@ -214,8 +316,11 @@ def ingest_interaction_files(
         if item_source is not None:
             item_file = item_source.name
             item_frame, item_fields = read_atomic(_read_text(item_source), cfg["field_separator"])
+    elif fmt == "user_item":
+        interactions = user_item_interactions(text, cfg)
+        synthetic, item_frame, item_fields = True, None, {}
     else:
-        interactions = user_item_interactions(_read_text(raw_interactions), cfg)
+        interactions, lines = user_sequence_interactions(text, cfg)
         synthetic, item_frame, item_fields = True, None, {}
     read = len(interactions)
     lo, hi = window_bounds(date_window)
@@ -232,12 +337,24 @@ def ingest_interaction_files(
             keep &= ns < hi
         interactions = interactions[keep].reset_index(drop=True)
     items = recbole_items(list(dict.fromkeys(interactions["item_id"])), item_frame, item_fields, cfg)
+    attributes_source = _attributes_sibling(raw_interactions, cfg["attributes_suffix"])
+    attributes_file, attributes_unused = None, 0
+    if attributes_source.exists():
+        attributes = read_attributes(attributes_source)
+        items = add_attributes(items, attributes)
+        attributes_file = attributes_source.name
+        attributes_unused = len(set(attributes) - set(items["item_id"]))
+        logger.info(
+            "%s: attribute ids of %d items become their categories (%d items not in the interactions)",
+            attributes_file, len(attributes) - attributes_unused, attributes_unused,
+        )  # fmt: skip
     report = {
         "format": fmt,
-        "files": {"interactions": raw_interactions.name, "items": item_file},
+        "files": {"interactions": raw_interactions.name, "items": item_file, "attributes": attributes_file},
         "synthetic_timestamps": synthetic,
         "summary": {
             "interactions_read": read,
+            **({"lines": lines["lines"], "malformed_lines": lines["malformed_lines"]} if lines else {}),
             "interactions": len(interactions),
             "outside_window": read - len(interactions) if not synthetic else 0,
             "users": int(interactions["user_id"].nunique()),
@@ -249,6 +366,10 @@ def ingest_interaction_files(
             },
         },
     }
+    if lines:
+        report["first_malformed_lines"] = lines["first_malformed"]
+    if attributes_file:
+        report["summary"]["attribute_items_not_in_interactions"] = attributes_unused
     logger.info(
         "interaction-only input (%s): %d interactions, %d users, %d items, item file %s",
         fmt, len(interactions), report["summary"]["users"], report["summary"]["items"], item_file,
