@@ -82,6 +82,7 @@ class RunContext:
         self.tables = feature_tables(data["image_features"], data["text_features"], data["category_features"])
         self.present = [m for m in ("image", "text", "category") if m in self.tables]
         self.present = [m for m in self.present if m not in empty_modalities(self.tables)]
+        self.histories: list[dict[str, Any]] = []  # per-run training histories (validation curves), in order
 
     def evaluate(self, scorer: torch.nn.Module, max_len: int) -> list[dict[str, Any]]:
         """Rows ``(protocol, split, metric, value)`` per configured protocol (negatives: the global seed)."""
@@ -110,6 +111,7 @@ class RunContext:
             seed,
         )  # fmt: skip
         model = model_from_artifact(artifact, self.tables)
+        self.histories.append({"variant": variant, "seed": int(seed), "config": model_params, **history})
         info = {
             "variant": variant,
             "architecture": model_params["architecture"],

@@ -1,0 +1,277 @@
+"""Public benchmark: Amazon Beauty as the sequential-recommendation literature uses it, beside published rows.
+
+Not a test. Reads the line-per-user ``Beauty.txt`` (+ ``Beauty_item2attributes.json``) from
+``../shared/data/s3rec-beauty/`` (never copied into the project) and runs the project's own code on it:
+
+* ``ingestion.interaction_formats.ingest_interaction_files`` (format detected: line per user; the attribute
+  ids become the ``category`` modality);
+* the sequences nodes (leave-one-out: last item test, second last validation; the file is already 5-core);
+* ``encode_categories`` (multi-hot attributes); no text and no images, so those tables have no columns and
+  SASRecF, FDSA and MAF use the category modality alone;
+* compare's :class:`RunContext` (``train_model`` with early stopping on validation NDCG@20, then
+  ``evaluate_scorer``: full ranking over all items, pessimistic ties) per model and seed, and compare's
+  ``run_popularity`` and ``summarise`` (mean ± std over seeds).
+
+It prints Recall@10/20 and NDCG@10/20 (test, mean ± std) beside the published rows of the data folder's
+README, and writes the runs (CSV) and every run's training history (validation curve, JSON) to ``--out``.
+Settings default to the issue's: d=64, 2 layers, 2 heads, d_ff 4d, dropout 0.5 (the model blocks' own),
+lr 1e-3, batch 256, max_len 50, full cross-entropy, patience 10, MAF d'=32, sum fusion, lambda 1.
+
+Run (one SASRec training is ~40 s/epoch on one idle CPU core; checkpoints make a killed run resume)::
+
+    PYTHONPATH=src python benchmarks/bench_public.py --models sasrec,maf --seeds 42,43,44
+    PYTHONPATH=src python benchmarks/bench_public.py --models sasrec --set sasrec.dropout=0.3 \\
+        --train weight_decay=1e-4 --label sasrec-wd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from kedro.config import OmegaConfigLoader
+
+from maf_pipeline.datasets import RawSource
+from maf_pipeline.models import Popularity
+from maf_pipeline.pipelines.compare.nodes import RunContext, deep_merge
+from maf_pipeline.pipelines.compare.reporting import metric_label, summarise
+from maf_pipeline.pipelines.features.nodes import encode_categories
+from maf_pipeline.pipelines.ingestion.interaction_formats import ingest_interaction_files
+from maf_pipeline.pipelines.sequences.nodes import build_id_maps, build_sequences
+
+logger = logging.getLogger("bench_public")
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "s3rec-beauty" / "Beauty.txt"
+METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+ALL_MODELS = "pop,gru4rec,sasrec,bert4rec,sasrecf,fdsa,maf"
+PROTOCOLS = {
+    "full": "full ranking over all items (the data README's protocol)",
+    "full_unseen": "full ranking, the user's earlier items excluded",
+}
+ATTENTION = ("sasrec", "bert4rec", "sasrecf", "fdsa", "maf")  # share d, layers and heads (paper section 4.2)
+
+
+class BenchContext(RunContext):
+    """Compare's run context, evaluating full ranking twice: over all items (the project's default and the
+    data README's protocol) and with the user's earlier items excluded (``mask_history``, as RePlay-based
+    benchmarks rank; Beauty's test item is never in the user's history, so this only drops wrong candidates).
+    """
+
+    def evaluate(self, scorer: torch.nn.Module, max_len: int) -> list[dict[str, Any]]:
+        """Rows of both settings, the masked one under protocol ``full_unseen``."""
+        rows = []
+        for masked in (False, True):
+            base = self.evaluation
+            self.evaluation = {**base, "mask_history": masked}
+            try:
+                rows.extend(
+                    {**row, "protocol": "full_unseen" if masked else "full"}
+                    for row in super().evaluate(scorer, max_len)
+                )
+            finally:
+                self.evaluation = base
+        return rows
+
+
+def project_parameters() -> dict[str, Any]:
+    """The project's base parameters (model blocks, training, evaluation, categories, ingestion)."""
+    return OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="base")["parameters"]
+
+
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+    """``a.b=value`` strings to a nested dict (values parsed as YAML: numbers, lists, booleans)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {item!r}")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def model_blocks(params: dict[str, Any], args: argparse.Namespace, sets: dict[str, Any]) -> dict[str, Any]:
+    """Each model's project block, the attention models at the shared size, then the ``--set`` overrides."""
+    size = {"d": args.d, "n_layers": args.layers, "n_heads": args.heads, "d_ff": 4 * args.d}
+    blocks = {}
+    for name in ("gru4rec", "caser", *ATTENTION):
+        block = dict(params[name]["model"])
+        if name in ATTENTION:
+            block.update(size)
+        if name in ("sasrecf", "fdsa", "maf"):
+            block["modalities"] = ["category"]  # the only side information of this data set
+        if name == "maf":
+            block.update(d_mm=args.d // 2, fusion="sum", multitask=True, mtl_lambda=1.0)
+        blocks[name] = deep_merge(block, sets.get(name))
+    return blocks
+
+
+def published_rows(readme: Path) -> pd.DataFrame:
+    """The ``| model | Recall@10 | NDCG@10 |`` table of the data folder's README (empty if none)."""
+    if not readme.exists():
+        return pd.DataFrame(columns=["model", "recall@10", "ndcg@10"])
+    rows, header = [], None
+    for line in readme.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if not cells or set("".join(cells)) <= set("-: "):
+            continue
+        if header is None and any(c.lower().startswith("recall@") for c in cells):
+            header = [c.lower() for c in cells]
+            continue
+        if header and len(cells) == len(header) and re.fullmatch(r"[0-9.]+", cells[1]):
+            rows.append(
+                {"model": cells[0], **{h: float(c) for h, c in zip(header[1:], cells[1:], strict=True)}}
+            )
+    return pd.DataFrame(rows)
+
+
+def prepare(data: Path, params: dict[str, Any], max_len: int) -> dict[str, Any]:
+    """Beauty through the project's ingestion, sequences and category-feature nodes."""
+    ingestion = params["ingestion"].get("interaction_only", {})
+    interactions, items, report = ingest_interaction_files(RawSource(str(data)), ingestion, None)
+    logger.info("%s: %s", data.name, report["summary"])
+    item_index, user_index = build_id_maps(interactions)
+    train, valid, test = build_sequences(interactions, item_index, user_index, max_len, "train_only")
+    category, vocabulary = encode_categories(item_index, items, params["features"]["categories"])
+    empty = {"features": torch.zeros(len(item_index) + 1, 0)}
+    logger.info(
+        "category features %s (%d attributes)", tuple(category["features"].shape), len(vocabulary["labels"])
+    )
+    return {
+        "train_sequences": train,
+        "valid_sequences": valid,
+        "test_sequences": test,
+        "item_index": item_index,
+        "image_features": empty,
+        "text_features": empty,
+        "category_features": category,
+    }
+
+
+def table(summary: pd.DataFrame, labels: list[str], published: pd.DataFrame, info: dict[str, str]) -> str:
+    """Markdown: this project's rows (mean ± std over seeds) and the published rows below them."""
+    cols = ["model", *[metric_label(m) for m in METRICS], "seeds", "best epochs", "min/run"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for label in labels:
+        sub = summary[summary["column"] == label].set_index("metric")
+        if sub.empty:
+            continue
+        cells = [
+            f"{sub.loc[m, 'mean']:.4f}" + (f" ± {sub.loc[m, 'std']:.4f}" if sub.loc[m, "n"] > 1 else "")
+            for m in METRICS
+        ]
+        lines.append("| " + " | ".join([label, *cells, *info[label].split("|")]) + " |")
+    for row in published.to_dict("records"):
+        cells = [f"{row[m]:.4f}" if m in row and pd.notna(row[m]) else "-" for m in METRICS]
+        lines.append("| " + " | ".join([f"published: {row['model']}", *cells, "-", "-", "-"]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Prepare Beauty, train the selected models over the seeds, print the table beside the published rows."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", type=Path, default=DATA, help="the line-per-user file (default: %(default)s)"
+    )
+    parser.add_argument("--models", default=ALL_MODELS, help="comma-separated (default: %(default)s)")
+    parser.add_argument("--seeds", default="42,43,44")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--d", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
+    parser.add_argument(
+        "--set", action="append", default=[], help="model.key=value override, e.g. maf.d_mm=16"
+    )
+    parser.add_argument(
+        "--train", action="append", default=[], help="training key=value, e.g. weight_decay=1e-4"
+    )
+    parser.add_argument("--label", default="", help="suffix of the row labels and output files")
+    parser.add_argument("--out", type=Path, default=REPO / "data" / "08_reporting" / "bench_public")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    params = project_parameters()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    models = args.models.split(",")
+    data = prepare(args.data, params, args.max_len)
+    training = deep_merge(
+        params["training"],
+        {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.lr,
+            "early_stopping": {"metric": "ndcg@20", "patience": args.patience},
+            "num_threads": args.threads or None,
+            "checkpoint_dir": str(REPO / "data" / "06_models" / "checkpoints"),
+        },
+    )
+    training = deep_merge(training, parse_assignments(args.train))
+    evaluation = {**params["evaluation"], "protocol": "full"}
+    compare = {"models": models, "seeds": seeds, "protocols": ["full"], "training": {}, "evaluation": {}}
+    ctx = BenchContext(data, compare, training, evaluation, args.max_len, params["seed"])
+    blocks = model_blocks(params, args, parse_assignments(args.set))
+    suffix = f" ({args.label})" if args.label else ""
+    frames, info, labels = [], {}, []
+    if "pop" in models:  # as compare's run_popularity, evaluated by the bench context
+        pop = Popularity.from_sequences(list(data["train_sequences"]["items"]), ctx.num_items)
+        frames.append(pd.DataFrame([{"variant": "pop", **row} for row in ctx.evaluate(pop, args.max_len)]))
+        labels.append("pop")
+        info["pop"] = "-|-|0"
+    for name in (m for m in models if m != "pop"):
+        label = name + suffix
+        rows = []
+        for seed in seeds:
+            t0 = time.perf_counter()
+            rows.extend(ctx.train_and_evaluate(label, blocks[name], seed, training))
+            logger.info("%s seed %d done in %.1f min", label, seed, (time.perf_counter() - t0) / 60)
+        runs = pd.DataFrame(rows)
+        frames.append(runs)
+        labels.append(label)
+        best = runs.groupby("seed")["best_epoch"].first().tolist()
+        minutes = runs.groupby("seed")["train_seconds"].first().mean() / 60
+        info[label] = f"{len(best)}|{', '.join(map(str, best))}|{minutes:.1f}"
+    runs = pd.concat(frames, ignore_index=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "runs" + (f"_{args.label}" if args.label else "")
+    runs.to_csv(args.out / f"{stem}.csv", index=False)
+    curves = [
+        {k: h[k] for k in ("variant", "seed", "config", "best_epoch", "total_seconds", "epochs")}
+        for h in ctx.histories
+    ]
+    (args.out / f"{stem}_histories.json").write_text(json.dumps(curves, indent=1, default=str))
+    print(
+        f"\n{args.data.name}: leave-one-out, {ctx.num_items} items, {len(data['test_sequences'])} users, "
+        f"d={args.d}, {args.layers} layers, {args.heads} heads, max_len {args.max_len}, lr {args.lr}, "
+        f"batch {args.batch_size}, patience {args.patience}, seeds {seeds}, training overrides {args.train}, "
+        f"model overrides {args.set}"
+    )
+    published = published_rows(args.data.parent / "README.md")
+    for split in ("test", "valid"):
+        summary = summarise(runs, labels, METRICS, split=split)
+        for protocol, title in PROTOCOLS.items():
+            print(f"\n{split}, {title}:")
+            rows = published if split == "test" and protocol == "full" else published.iloc[:0]
+            print(table(summary[summary["protocol"] == protocol], labels, rows, info))
+    print(f"total {(time.perf_counter() - started) / 60:.1f} min; runs and histories in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
