@@ -237,3 +237,37 @@ def test_popularity_scores_are_training_counts() -> None:
     assert scores.shape == (2, 5)
     assert scores[0, 0] == float("-inf")
     assert scores[1, 1:].tolist() == [1.0, 3.0, 1.0, 0.0]
+
+
+def test_side_values_lever_adds_the_side_embedding_to_the_values_only_when_asked() -> None:
+    plain, x = maf(), batch()
+    assert not any(".v_mm." in name for name, _ in plain.named_parameters())  # default: DIF-SR, no change
+    model = maf(side_values=True)
+    assert {f"blocks.{i}.attn.v_mm.weight" for i in range(2)} <= set(dict(model.named_parameters()))
+    target = torch.roll(x, -1, dims=1) * (x > 0)
+    model.training_step({"item_seq": x, "target_seq": target})["loss"].backward()
+    assert model.blocks[0].attn.v_mm.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        model.blocks[0].attn.v_mm.weight.zero_()
+        model.blocks[1].attn.v_mm.weight.zero_()
+        after = model(x)
+    assert not torch.allclose(before, after)  # the values carry side information
+    state = {k: v for k, v in model.state_dict().items() if ".v_mm." not in k}
+    plain.load_state_dict(state)  # with zero W_V^m the lever is the plain model
+    plain.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), after)
+    assert not maf(modalities=[], side_values=True).blocks[0].attn.v_mm  # no modality: SASRec exactly
+
+
+def test_side_embedding_dropout_acts_in_training_only() -> None:
+    x = batch()
+    model, reference = maf(mm_dropout=0.9), maf()
+    model.eval(), reference.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x))  # identity at evaluation, same parameters
+        model.train()
+        torch.manual_seed(3)
+        assert not torch.allclose(model(x), reference(x))

@@ -65,6 +65,7 @@ class FusedSelfAttention(nn.Module):
         fusion: str = "sum",
         max_len: int = 50,
         scale: str = "head",
+        side_values: bool = False,
     ) -> None:
         super().__init__()
         if d % n_heads:
@@ -88,6 +89,8 @@ class FusedSelfAttention(nn.Module):
                 self.fuse = nn.Linear(2 * max_len, max_len)
             elif fusion == "gate":  # DIF-SR's VanillaAttention over the score rows of the sources
                 self.gate1, self.gate2 = nn.Linear(max_len, max_len), nn.Linear(max_len, 1)
+        # side_values: E_m also enters the values, V = R W_V + E_m W_V^m (off: DIF-SR keeps it out of them)
+        self.v_mm = nn.Linear(d_mm, d, bias=False) if d_mm and side_values else None
 
     def reset_fusion(self) -> None:
         """Start ``concat`` as ``sum`` (weights ``[I I]``, bias 0); called after the model's generic init."""
@@ -129,6 +132,8 @@ class FusedSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """Attend over ``x`` (B, L, d) under ``mask`` (B, 1, L, L); ``e_mm`` (B, L, d') is E_m when fusing."""
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        if self.v_mm is not None and e_mm is not None:
+            v = v + self._split(self.v_mm(e_mm))
         att_id = q @ k.transpose(-1, -2)  # eq 5, item-ID scores
         maps: dict[str, torch.Tensor] = {}
         if self.d_mm:

@@ -32,6 +32,10 @@ class MAF(SequentialRecommender):
     and DIF-SR's) or ``s = sqrt(d)`` (``scale: model``, eq 6 as printed). Heads are concatenated, projected,
     and followed by FFN, residuals, dropout and LayerNorm as in SASRec (eq 4).
 
+    Levers beyond the paper (default off, for tuning on validation): ``side_values`` also adds
+    ``E_m W_V^m`` to each block's values (by default, as in DIF-SR, side information shapes only the
+    attention scores), and ``mm_dropout`` applies dropout to E_m (the side embedding) during training.
+
     Prediction and loss (eqs 7-10): logits ``R_t M_id^T`` against the tied item table, full-softmax CE at
     every target position; with ``multitask`` linear decoders predict the next item's image and text features
     (``L_v``, ``L_t``: MSE) and a sigmoid head its categories (``L_c``: BCE), each a mean over targets and
@@ -70,6 +74,8 @@ class MAF(SequentialRecommender):
         attn_dropout: float = 0.5,
         layer_norm_eps: float = 1e-12,
         init_std: float = 0.02,
+        side_values: bool = False,
+        mm_dropout: float = 0.0,
     ) -> None:
         super().__init__(num_items, max_len)
         self.modalities = tuple(modalities or ())
@@ -91,7 +97,9 @@ class MAF(SequentialRecommender):
         mm = {
             "scale": scale,
             **({"d_mm": d_mm, "fusion": fusion, "max_len": max_len} if self.modalities else {}),
+            **({"side_values": True} if self.modalities and side_values else {}),
         }
+        self.mm_dropout = nn.Dropout(mm_dropout)
         self.blocks = nn.ModuleList(
             Block(d, n_heads, d_ff, dropout, attn_dropout, layer_norm_eps, **mm) for _ in range(n_layers)
         )
@@ -146,7 +154,7 @@ class MAF(SequentialRecommender):
         ``{"id", "mm", "fused"}`` of shape ``(B, h, L, L)``: softmaxes of the ID, multimodal, fused scores."""
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         x = self.dropout(self.ln(self.item_emb(item_seq) + self.pos_emb(positions)))  # R^1 (eq 2)
-        e_mm = self.multimodal_embedding(item_seq) if self.modalities else None
+        e_mm = self.mm_dropout(self.multimodal_embedding(item_seq)) if self.modalities else None
         mask = attention_mask(item_seq)
         maps = []
         for block in self.blocks:
