@@ -22,6 +22,8 @@ Run (one SASRec training is ~40 s/epoch on one idle CPU core; checkpoints make a
     PYTHONPATH=src python benchmarks/bench_public.py --models sasrec,maf --seeds 42,43,44
     PYTHONPATH=src python benchmarks/bench_public.py --models sasrec --set sasrec.dropout=0.3 \\
         --train weight_decay=1e-4 --label sasrec-wd
+    PYTHONPATH=src python benchmarks/bench_public.py --models maf --grid 'd_mm=[16,32]' \\
+        --grid 'mtl_lambda=[0.3,1]' --grid 'side_values=[false,true]' --epochs 30   # compare's grid
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from kedro.config import OmegaConfigLoader
 
 from maf_pipeline.datasets import RawSource
 from maf_pipeline.models import Popularity
-from maf_pipeline.pipelines.compare.nodes import RunContext, deep_merge
-from maf_pipeline.pipelines.compare.reporting import metric_label, summarise
+from maf_pipeline.pipelines.compare.nodes import RunContext, deep_merge, resolve_maf_config, run_grid_search
+from maf_pipeline.pipelines.compare.reporting import build_grid_report, metric_label, summarise
 from maf_pipeline.pipelines.features.nodes import encode_categories
 from maf_pipeline.pipelines.ingestion.interaction_formats import ingest_interaction_files
 from maf_pipeline.pipelines.sequences.nodes import build_id_maps, build_sequences
@@ -201,6 +203,14 @@ def main() -> None:
     parser.add_argument(
         "--train", action="append", default=[], help="training key=value, e.g. weight_decay=1e-4"
     )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        help="a MAF grid axis key=[values] (compare.grid: d_mm, mtl_lambda, fusion or any MAF key), e.g. "
+        "'mm_dropout=[0.0,0.2]'; the point best on validation is then MAF's configuration",
+    )
+    parser.add_argument("--grid-seeds", default="42", help="seeds per grid point")
     parser.add_argument("--label", default="", help="suffix of the row labels and output files")
     parser.add_argument("--out", type=Path, default=REPO / "data" / "08_reporting" / "bench_public")
     args = parser.parse_args()
@@ -229,6 +239,24 @@ def main() -> None:
     ctx = BenchContext(data, compare, training, evaluation, args.max_len, params["seed"])
     blocks = model_blocks(params, args, parse_assignments(args.set))
     suffix = f" ({args.label})" if args.label else ""
+    grid_report = ""
+    if args.grid and "maf" in models:  # compare's grid search, selected on validation NDCG@20
+        grid = {
+            "enabled": True,
+            **parse_assignments(args.grid),
+            "seeds": [int(s) for s in args.grid_seeds.split(",")],
+            "metric": "ndcg@20",
+        }
+        d = data
+        grid_runs, selection = run_grid_search(
+            d["train_sequences"], d["valid_sequences"], d["test_sequences"], d["item_index"],
+            d["image_features"], d["text_features"], d["category_features"], blocks["maf"], grid, compare,
+            training, evaluation, args.max_len, params["seed"],
+        )  # fmt: skip
+        blocks["maf"] = resolve_maf_config(blocks["maf"], selection)
+        grid_report, _ = build_grid_report(grid_runs, selection)
+        args.out.mkdir(parents=True, exist_ok=True)
+        grid_runs.to_csv(args.out / f"grid{'_' + args.label if args.label else ''}.csv", index=False)
     frames, info, labels = [], {}, []
     if "pop" in models:  # as compare's run_popularity, evaluated by the bench context
         pop = Popularity.from_sequences(list(data["train_sequences"]["items"]), ctx.num_items)
@@ -270,6 +298,8 @@ def main() -> None:
             print(f"\n{split}, {title}:")
             rows = published if split == "test" and protocol == "full" else published.iloc[:0]
             print(table(summary[summary["protocol"] == protocol], labels, rows, info))
+    if grid_report:
+        print("\n" + grid_report)
     print(f"total {(time.perf_counter() - started) / 60:.1f} min; runs and histories in {args.out}")
 
 

@@ -134,6 +134,12 @@ def test_grid_search_selects_on_validation_only(shared, settings) -> None:
     )
     assert selection["split"] == "valid" and (runs["seed"] == 3).all()
     assert resolve_maf_config(maf, selection) == {**maf, **selection["best"]}
+    levers = {"enabled": True, "d_mm": [8], "mm_dropout": [0.0, 0.3], "side_values": [True], "seeds": [3]}
+    runs, selection = run_grid_search(*shared, maf, {**levers, "fixed": {"scale": "model"}}, c, t, e, 6, 0)
+    assert set(runs["variant"]) == {f"d_mm=8, mm_dropout={p}, side_values=True" for p in (0.0, 0.3)}
+    assert set(selection["best"]) == {"scale", "d_mm", "mm_dropout", "side_values"}
+    assert selection["best"]["scale"] == "model" and selection["best"]["side_values"] is True
+    assert "side_values=True" in runs["config"].iloc[0] and "scale=model" in runs["config"].iloc[0]
     off_runs, off = run_grid_search(*shared, maf, {"enabled": False}, c, t, e, 6, 0)
     assert off_runs.empty and off == {"enabled": False, "best": {}}
     assert resolve_maf_config(maf, off) == maf

@@ -44,6 +44,9 @@ RUN_COLUMNS = [
 ]
 
 
+GRID_SETTINGS = ("enabled", "d_mm", "mtl_lambda", "fusion", "seeds", "metric", "fixed")
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
     """``base`` updated by ``override``, nested dicts merged key by key (so ``early_stopping.patience`` alone
     can be overridden)."""
@@ -335,6 +338,9 @@ def run_grid_search(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Paper section 4.2's grid over d', lambda and F (when ``compare.grid.enabled``), selected on validation.
 
+    Any other list in ``grid`` is one more axis over that key of the MAF block (``scale: [head, model]``,
+    ``mm_dropout: [0.0, 0.2]``, ...), so the model's levers are tuned by the same code.
+
     ``grid.fixed`` overrides the MAF block at every point (e.g. ``mtl_normalize: none``: the paper's lambda
     grid is for raw multitask losses). Every point is trained for each of ``grid.seeds`` and scored by the
     mean *validation* ``grid.metric`` under the first protocol; test metrics are recorded, never used. Points
@@ -344,7 +350,10 @@ def run_grid_search(
     grid = grid_params or {}
     if not grid.get("enabled", False):
         return empty_runs(), {"enabled": False, "best": {}}
-    axes = {k: list(grid[k]) for k in ("d_mm", "mtl_lambda", "fusion") if grid.get(k)}
+    # the paper's axes first, then any other list of MAF-block values (e.g. scale, mtl_normalize, mm_dropout)
+    names = [k for k in ("d_mm", "mtl_lambda", "fusion") if grid.get(k)]
+    names += [k for k, v in grid.items() if k not in (*names, *GRID_SETTINGS) and isinstance(v, list) and v]
+    axes = {k: list(grid[k]) for k in names}
     metric = grid.get("metric", "ndcg@20")
     seeds = [int(s) for s in grid.get("seeds") or _seeds(compare_params)]
     data = _data(
