@@ -8,7 +8,10 @@ only what is missing and an interrupted run resumes.
 
 from __future__ import annotations
 
+import functools
+import http.client
 import io
+import ipaddress
 import logging
 import random
 import re
@@ -27,6 +30,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 from PIL import Image
 
+from maf_pipeline.locks import FolderLock
 from maf_pipeline.progress import progress
 
 from .stores import ImageFolder
@@ -78,16 +82,148 @@ def verify_image(data: bytes, max_pixels: int = 89_478_485) -> tuple[str | None,
     return _FORMAT_EXT.get(fmt, fmt.lower() or "img"), ""
 
 
+class RefusedAddressError(OSError):
+    """A URL's host resolves to a private, loopback, link-local or otherwise non-public address."""
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether an address is globally routable unicast (IPv4 embedded in IPv6 judged as the IPv4 one)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    """Which hosts downloads may reach: public addresses, plus the hosts of ``download.allowed_hosts``.
+
+    An allowed entry is a host name (matched against the URL's host), an IP address or a network in CIDR
+    notation (matched against the URL's host and every address it resolves to).
+    """
+
+    names: frozenset[str] = frozenset()
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    @classmethod
+    def from_config(cls, allowed_hosts: Sequence[str] | str | None) -> HostPolicy:
+        """Parse ``features.images.download.allowed_hosts`` (a list, or one string)."""
+        if isinstance(allowed_hosts, str):
+            allowed_hosts = [allowed_hosts]
+        names, networks = set(), []
+        for entry in allowed_hosts or ():
+            entry = str(entry).strip().strip("[]").lower()
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                names.add(entry.rstrip("."))
+        return cls(frozenset(names), tuple(networks))
+
+    def _allowed_ip(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def resolve(self, host: str, port: int) -> list[tuple]:
+        """``getaddrinfo`` of ``host``, refusing non-public addresses the policy does not allow."""
+        host = host.strip("[]")
+        if host.lower().rstrip(".") in self.names:
+            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0].split("%")[0])
+            if not is_public_address(ip) and not self._allowed_ip(ip):
+                raise RefusedAddressError(
+                    f"{host} resolves to the non-public address {ip}; refused (server-side request forgery "
+                    "guard). To fetch from it, add the host to features.images.download.allowed_hosts"
+                )
+        return infos
+
+    def check_url(self, url: str) -> None:
+        """Refuse a URL whose host resolves to a non-public address (raises; DNS errors propagate)."""
+        parts = urlsplit(url)
+        if parts.hostname:
+            self.resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+
+    def create_connection(
+        self, address: tuple[str, int], timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT, source_address=None
+    ) -> socket.socket:
+        """``socket.create_connection`` that connects only to the addresses :meth:`resolve` accepted.
+
+        Connecting to the checked address (not resolving the name again) defeats DNS rebinding.
+        """
+        host, port = address
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in self.resolve(host, port):
+            sock = socket.socket(family, kind, proto)
+            try:
+                if timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+                    sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                error = exc
+                sock.close()
+        raise error or OSError(f"cannot connect to {host}:{port}")
+
+
+def _guarded_connection(conn_class: type, policy: HostPolicy, req: urllib.request.Request) -> Callable:
+    """A connection factory for ``do_open``: direct connections go through the policy's connect."""
+    proxied = req.has_proxy() or getattr(req, "_tunnel_host", None)
+
+    def factory(host: str, **kwargs: Any) -> Any:
+        conn = conn_class(host, **kwargs)
+        if not proxied:  # through a proxy only the URL's host was checked (check_url), not the proxy
+            conn._create_connection = policy.create_connection
+        return conn
+
+    return factory
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, policy: HostPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(_guarded_connection(http.client.HTTPConnection, self.policy, req), req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, policy: HostPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        factory = _guarded_connection(http.client.HTTPSConnection, self.policy, req)
+        return self.do_open(factory, req, context=self._context)
+
+
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http/https URLs (urllib would also follow ftp)."""
+    """Follow redirects only to http/https URLs (urllib would also follow ftp) of hosts the policy allows."""
+
+    def __init__(self, policy: HostPolicy | None = None) -> None:
+        super().__init__()
+        self.policy = policy or HostPolicy()
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         if urlsplit(newurl).scheme.lower() not in ("http", "https"):
             raise urllib.error.HTTPError(newurl, code, "redirect to a non-http(s) URL refused", headers, fp)
+        self.policy.check_url(newurl)  # also refused when reached through a proxy
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
+@functools.lru_cache(maxsize=8)
+def _opener(policy: HostPolicy) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        _HttpOnlyRedirects(policy), _GuardedHTTPHandler(policy), _GuardedHTTPSHandler(policy)
+    )
 
 
 def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None] = time.sleep) -> FetchResult:
@@ -96,6 +232,7 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
         return FetchResult("invalid_url", url=url, detail="only http/https URLs are fetched")
     max_bytes = int(cfg["max_bytes"])
     retries = int(cfg["retries"])
+    policy = HostPolicy.from_config(cfg.get("allowed_hosts"))
     request = urllib.request.Request(url, headers={"User-Agent": cfg["user_agent"]})
     last = FetchResult("http_error", url=url)
     for attempt in range(retries + 1):
@@ -104,7 +241,8 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
             sleep(delay * (0.5 + random.random() / 2))  # jitter spreads retries of parallel workers
         try:
             deadline = time.monotonic() + float(cfg["deadline_s"])
-            with _OPENER.open(request, timeout=float(cfg["timeout_s"])) as response:
+            policy.check_url(url)
+            with _opener(policy).open(request, timeout=float(cfg["timeout_s"])) as response:
                 declared = response.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                     return FetchResult(
@@ -119,6 +257,8 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
                         raise TimeoutError(f"download exceeded {cfg['deadline_s']} s")
                     chunks.append(chunk)
             data = b"".join(chunks)
+        except RefusedAddressError as exc:
+            return FetchResult("refused", url=url, detail=str(exc)[:300])
         except urllib.error.HTTPError as exc:
             last = FetchResult("http_error", url=url, detail=f"HTTP {exc.code}")
             if exc.code not in _RETRY_HTTP:
@@ -129,6 +269,8 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
             continue
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, RefusedAddressError):
+                return FetchResult("refused", url=url, detail=str(reason)[:300])
             last = FetchResult("unreachable", url=url, detail=f"{type(reason).__name__}: {reason}"[:200])
             continue
         ext, why = verify_image(data, int(cfg["max_pixels"]))
@@ -138,8 +280,13 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
     return last
 
 
-def unreachable_hosts(urls: Sequence[str], timeout_s: float) -> dict[str, str]:
-    """Probe each distinct host once (DNS + TCP connect with a short timeout); returns ``host -> error``."""
+def unreachable_hosts(
+    urls: Sequence[str], timeout_s: float, policy: HostPolicy | None = None
+) -> dict[str, str]:
+    """Probe each distinct host once (DNS + TCP connect with a short timeout); returns ``host -> error``.
+
+    With a ``policy``, hosts it refuses are not probed (their downloads are refused, not unreachable).
+    """
     failed = {}
     hosts = {}
     for url in urls:
@@ -150,7 +297,12 @@ def unreachable_hosts(urls: Sequence[str], timeout_s: float) -> dict[str, str]:
             )
     for netloc, (host, port) in hosts.items():
         try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
+            if policy is None:
+                socket.create_connection((host, port), timeout=timeout_s).close()
+            else:
+                policy.create_connection((host, port), timeout=timeout_s).close()
+        except RefusedAddressError:
+            continue
         except OSError as exc:
             failed[netloc] = f"{type(exc).__name__}: {exc}"
     return failed
@@ -236,7 +388,9 @@ def acquire_images(
         url_map = dict(zip(items["item_id"].astype(str), items["image_urls"], strict=True))
         candidates = {i: _candidate_urls(url_map.get(i), dl) for i in todo}
         down = unreachable_hosts(
-            [u for urls in candidates.values() for u in urls], float(dl["probe_timeout_s"])
+            [u for urls in candidates.values() for u in urls],
+            float(dl["probe_timeout_s"]),
+            HostPolicy.from_config(dl.get("allowed_hosts")),
         )
         if down:
             message = (
@@ -257,6 +411,12 @@ def acquire_images(
         def fetch(item_id: str) -> FetchResult:
             return _fetch_urls([u for u in candidates[item_id] if urlsplit(u).netloc not in down], dl)
 
+    # one run at a time writes into the store (a second fails naming the first, or waits lock_wait_s)
+    lock = FolderLock(
+        image_store.root, params.get("lock_wait_s", 0), "image store", "features.images.lock_wait_s"
+    )
+    if todo:
+        lock.acquire()
     executor = ThreadPoolExecutor(max_workers=max(1, int(dl["workers"])))
     try:
         futures = {executor.submit(fetch, item_id): item_id for item_id in todo}
@@ -274,6 +434,7 @@ def acquire_images(
             results[item_id] = result
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        lock.release()
 
     rows = []
     for item_id in item_ids:
@@ -290,4 +451,11 @@ def acquire_images(
     )
     if counts.get("corrupt"):
         logger.warning("%d corrupt or undecodable images were treated as missing", counts["corrupt"])
+    if counts.get("refused"):
+        logger.warning(
+            "%d items' image URLs point at private, loopback or link-local addresses and were refused "
+            "(e.g. %s); allow trusted hosts with features.images.download.allowed_hosts",
+            counts["refused"],
+            table.loc[table["status"] == "refused", "detail"].iloc[0],
+        )
     return table
