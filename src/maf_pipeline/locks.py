@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -208,15 +209,19 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], Any]) -> Path
     """Call ``write(tmp)`` on a fresh temporary file beside ``target``, then rename it over ``target``.
 
     Readers never see half a file and concurrent writers never share a temporary file. The temporary file
-    is created with mode 0o666 minus the umask (``mkstemp`` would give 0600) and writers that reopen it
-    keep that mode, so the result has the permissions of any other file the process writes.
+    is created with mode 0o666 minus the umask (``mkstemp`` would give 0600) and keeps that mode whatever
+    the writer does (safetensors writes 0600), so the result has the permissions of any other file.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(target)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)  # 0o666 minus the umask, as the kernel applied it
+    os.close(fd)
     try:
         write(str(tmp))
+        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # writers that replace the file (safetensors: 0600)
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -215,6 +215,8 @@ def first_records(data: bytes, max_records: int) -> tuple[list[dict], int, bool]
             continue
         tried += 1
         obj, used_literal = _loads(line, allow_literal=True)
+        if obj is None and not _is_utf8(line):  # a stray latin-1 byte does not hide the record's keys
+            obj, used_literal = _loads(_escaped_utf8(line), allow_literal=True)
         if isinstance(obj, dict):
             records.append(obj)
             literal = literal or used_literal
@@ -242,6 +244,11 @@ def _is_utf8(line: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _escaped_utf8(line: bytes) -> bytes:
+    """The line as valid UTF-8, each invalid byte turned into its private-use stand-in."""
+    return line.decode("utf-8", errors="maf-escape-invalid-utf8").encode("utf-8")
 
 
 def _has_escaped(value: Any) -> bool:
@@ -459,8 +466,7 @@ class BlockParser:
             obj, _ = _loads(line, allow_literal=self.allow_literals)
             escaped = False
             if not isinstance(obj, dict) and not _is_utf8(line):
-                text = line.decode("utf-8", errors="maf-escape-invalid-utf8")
-                obj, _ = _loads(text.encode("utf-8"), allow_literal=self.allow_literals)
+                obj, _ = _loads(_escaped_utf8(line), allow_literal=self.allow_literals)
                 escaped = True
             if not isinstance(obj, dict):
                 malformed.append(number)
