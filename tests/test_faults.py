@@ -743,6 +743,19 @@ def test_artifacts_follow_the_umask(tmp_path):
     assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o644" for p in files}
 
 
+def test_a_linked_local_image_keeps_its_own_mode(tmp_path):
+    """The store hard-links local images: fixing the store file's mode must not chmod the user's file."""
+    local = tmp_path / "local"
+    local.mkdir()
+    source = local / "A.png"
+    source.write_bytes(_png(10, 10))
+    source.chmod(0o600)
+    store = ImageFolder(str(tmp_path / "store"), writable=True)
+    store.put_file("A", source, "png")
+    assert stat.S_IMODE(source.stat().st_mode) == 0o600
+    assert store.read("A") == source.read_bytes()
+
+
 # ------------------------------------------------------------------------------ project-wide guarantees
 def test_no_pickle_anywhere():
     catalog = (REPO / "conf" / "base" / "catalog.yml").read_text()

@@ -220,7 +220,9 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], Any]) -> Path
     os.close(fd)
     try:
         write(str(tmp))
-        if stat.S_IMODE(os.stat(tmp).st_mode) != mode:  # writers that replace the file (safetensors: 0600)
+        written = os.stat(tmp)
+        # writers that replace the file (safetensors: 0600); never a hard link to someone else's file
+        if stat.S_IMODE(written.st_mode) != mode and written.st_nlink == 1:
             os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
