@@ -130,13 +130,25 @@ def run_python(code: str, *args: str, timeout: float = 120) -> subprocess.Comple
 
 
 HOLD_LOCK = """
-    import sys, time
+    import select, sys
     from maf_pipeline.locks import FolderLock
     lock = FolderLock(sys.argv[1]).acquire()
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    select.select([sys.stdin], [], [], float(sys.argv[2]))  # until told (a line on stdin) or timed out
     lock.release()
 """
+
+
+def release_later(holder: subprocess.Popen, seconds: float) -> threading.Timer:
+    """Tell a lock holder to release its lock after ``seconds``."""
+
+    def release() -> None:
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
+
+    timer = threading.Timer(seconds, release)
+    timer.start()
+    return timer
 
 
 @pytest.fixture
@@ -149,6 +161,7 @@ def lock_holder(tmp_path: Path) -> Iterator[Any]:
         proc = subprocess.Popen(
             [sys.executable, "-c", textwrap.dedent(HOLD_LOCK), str(folder), str(seconds)],
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -557,10 +570,10 @@ def test_lock_fails_at_once_naming_the_other_process(tmp_path, lock_holder):
 
 def test_lock_waits_for_the_other_process(tmp_path, lock_holder):
     folder = tmp_path / "store"
-    lock_holder(folder, seconds=1.0)
+    release_later(lock_holder(folder), 1.0)
     started = time.monotonic()
-    with FolderLock(folder, wait_s=30):
-        assert 0.5 < time.monotonic() - started < 25
+    with FolderLock(folder, wait_s=60):
+        assert time.monotonic() - started > 0.9
     assert not lock_path(folder).exists()  # released and removed
 
 
@@ -675,13 +688,14 @@ def test_two_trainings_on_one_checkpoint_folder(tmp_path, lock_holder, one_threa
     params = _training_params(tmp_path)
     artifact, _ = _train(params)
     folder = tmp_path / "checkpoints" / "maf" / artifact["__metadata__"]["checkpoint_key"]
-    run_a = lock_holder(folder, seconds=1.5)
+    run_a = lock_holder(folder)
     with pytest.raises(FolderLockedError, match=rf"training checkpoint folder .* pid {run_a.pid} on .*"):
         _train(params)
     epochs: list[int] = []
+    release_later(run_a, 1.0)
     started = time.monotonic()
     again, _ = _train({**params, "lock_wait_s": 60}, on_epoch_end=epochs.append)
-    assert epochs == [1, 2, 3, 4] and time.monotonic() - started > 0.5
+    assert epochs == [1, 2, 3, 4] and time.monotonic() - started > 0.9
     assert all(torch.equal(v, again[k]) for k, v in artifact.items() if k != "__metadata__")
     assert not list((tmp_path / "checkpoints").rglob("*.tmp"))
 
