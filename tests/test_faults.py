@@ -44,15 +44,9 @@ from PIL import Image
 
 from maf_pipeline.datasets import RawSource, SafetensorsDataset
 from maf_pipeline.locks import FolderLock, FolderLockedError, atomic_write, lock_path
-from maf_pipeline.pipelines.features import images as images_module
 from maf_pipeline.pipelines.features import nodes as feature_nodes
-from maf_pipeline.pipelines.features.images import (
-    HostPolicy,
-    acquire_images,
-    download_image,
-    is_public_address,
-    verify_image,
-)
+from maf_pipeline.pipelines.features.images import acquire_images, download_image, verify_image
+from maf_pipeline.pipelines.features.safe_http import HostPolicy, RefusedAddressError, is_public_address
 from maf_pipeline.pipelines.features.stores import CacheTable, FeatureCache, ImageFolder
 from maf_pipeline.pipelines.ingestion.nodes import ingest_metadata, ingest_reviews
 from maf_pipeline.pipelines.ingestion.stream import IngestionError
@@ -478,7 +472,7 @@ def test_dns_rebinding_is_caught_at_connect_time(image_server, monkeypatch):
     real = socket.getaddrinfo
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, p, *a, **k: real(next(answers), p, *a, **k))
     policy.check_url(f"http://rebind.example.test:{port}/good.png")
-    with pytest.raises(images_module.RefusedAddressError):
+    with pytest.raises(RefusedAddressError):
         policy.create_connection(("rebind.example.test", port), timeout=1)
     assert httpd.hits["/good.png"] == 0
 
