@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maf_pipeline.metrics import rank_targets, summarize
+from maf_pipeline.metrics import pad_right, rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
 from maf_pipeline.progress import progress
 
@@ -33,7 +34,14 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("all_positions", "last_position")
 # Keys that change where/how fast things run but not the result: left out of the checkpoint hash.
-_NON_SEMANTIC = ("checkpoint_dir", "keep_checkpoint", "eval_batch_size", "num_threads")
+_NON_SEMANTIC = (
+    "checkpoint_dir",
+    "keep_checkpoint",
+    "checkpoint_every",
+    "eval_batch_size",
+    "eval_max_scores",
+    "num_threads",
+)
 
 
 def training_windows(
@@ -115,15 +123,21 @@ def _fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """Write a training checkpoint atomically (temp file, then rename), so a kill never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
+def _state_copy(model: torch.nn.Module, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """A detached copy of the state dict, on ``device`` (default: where the weights are, so no host sync)."""
+    return {k: v.detach().to(device or v.device, copy=True) for k, v in model.state_dict().items()}
+
+
 def _to_cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return _state_copy(model, "cpu")
 
 
 def _log_epoch(
@@ -134,6 +148,81 @@ def _log_epoch(
     logger.info(
         "epoch %d/%d: loss %.4f (%s) | valid %s | %.1f s", epoch, epochs, parts["loss"], loss, val, secs
     )
+
+
+def host_batch(
+    inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray, idx: np.ndarray, num_items: int,
+    with_items: bool,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """One training batch prepared on the host, so the device step has no data-dependent shapes.
+
+    Windows are trimmed to the longest in the batch (right padding). ``target_index``/``targets``: flat
+    positions and items of the targets; ``items``/``item_inverse`` (feature models): the distinct items and
+    each position's index into them.
+    """
+    width = max(int(lengths[idx].max()), 1)
+    x, y = inputs[idx, :width], targets[idx, :width]
+    flat = y.reshape(-1)
+    index = np.flatnonzero(flat)
+    batch = {"item_seq": x, "target_seq": y, "target_index": index, "targets": flat[index]}
+    if with_items:
+        if x.size * 16 < num_items:  # small batch, big catalog: sort
+            items, inverse = np.unique(x, return_inverse=True)
+        else:  # mark the items present: O(N + B L), no sort
+            present = np.zeros(num_items + 1, dtype=bool)
+            present[x.reshape(-1)] = True
+            items = np.flatnonzero(present)
+            slot = np.zeros(num_items + 1, dtype=np.int64)
+            slot[items] = np.arange(len(items))
+            inverse = slot[x]
+        batch.update(items=items.astype(np.int64), item_inverse=inverse.reshape(x.shape).astype(np.int64))
+    return batch
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Host arrays to device tensors: pinned memory and non-blocking copies on CUDA."""
+    cuda = device.type == "cuda"
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = t.pin_memory().to(device, non_blocking=True) if cuda else t
+    return out
+
+
+def checkpoint_interval(setting: Any, save_seconds: float, epoch_seconds: float, budget: float = 0.05) -> int:
+    """Epochs between checkpoints: ``setting`` when an integer; for ``auto`` the smallest interval that keeps
+    saving under ``budget`` (5%) of training time, from the measured save and epoch times."""
+    if setting not in (None, "auto"):
+        value = int(setting)
+        if value < 1:
+            raise ValueError(f"training.checkpoint_every must be >= 1 or auto, got {setting!r}")
+        return value
+    return max(1, math.ceil(save_seconds / max(budget * epoch_seconds, 1e-9)))
+
+
+def _target_counts(targets: np.ndarray, num_items: int) -> torch.Tensor:
+    return torch.from_numpy(np.bincount(targets.reshape(-1), minlength=num_items + 1)[: num_items + 1])
+
+
+def configure_training_loss(model: SequentialRecommender, targets: np.ndarray, p: dict[str, Any]) -> None:
+    """Set the model's next-item loss from ``training.loss`` (full / sampled_softmax) and its options."""
+    loss = p.get("loss", "full") or "full"
+    sampling = p.get("negative_sampling", "uniform")
+    model.configure_loss(
+        loss,
+        chunk_size=p.get("loss_chunk_size"),
+        num_negatives=int(p.get("num_negatives", 256)),
+        negative_sampling=sampling,
+        target_counts=_target_counts(targets, model.num_items) if loss == "sampled_softmax" else None,
+    )
+
+
+def _step_function(model: SequentialRecommender, setting: Any) -> Callable[[dict], dict]:
+    """``model.training_step``, compiled when ``training.compile`` is true (inductor) or a backend name."""
+    if not setting:
+        return model.training_step
+    backend = "inductor" if setting is True else str(setting)
+    return torch.compile(model.training_step, backend=backend, dynamic=True)
 
 
 def fit(
@@ -150,30 +239,43 @@ def fit(
 ) -> dict[str, Any]:
     """Adam with early stopping on the validation metric; resumes from ``checkpoint_path`` when it exists.
 
-    Batch order of epoch e comes from ``seed + e`` and the torch RNG state is checkpointed, so a run resumed
-    after a kill ends with exactly the weights of an uninterrupted run. Returns the history; the model is left
-    holding the best weights.
+    Batch order of epoch e comes from ``seed + e`` and the RNG states are checkpointed (every
+    ``checkpoint_every`` epochs), so a run resumed after a kill ends with exactly the weights of an
+    uninterrupted run. The step has no host sync: batches are prepared on the host (target positions,
+    distinct items) and copied from pinned memory without blocking; loss sums stay on the device until the
+    epoch ends. Returns the history; the model is left holding the best weights.
     """
     p = training_params
     epochs, batch_size = int(p["epochs"]), int(p["batch_size"])
     stop = p.get("early_stopping", {}) or {}
     metric, patience = stop.get("metric", "ndcg@20"), stop.get("patience")
     ks = list(p.get("ks", [10, 20]))
-    use_bf16 = bool(p.get("bf16", False)) and device.type == "cuda"
+    use_bf16 = bool(p.get("bf16", False))
+    configure_training_loss(model, targets, p)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=float(p["learning_rate"]), weight_decay=float(p.get("weight_decay", 0.0))
+        model.parameters(),
+        lr=float(p["learning_rate"]),
+        weight_decay=float(p.get("weight_decay", 0.0)),
+        **({"fused": True} if device.type == "cuda" else {}),
     )
+    step = _step_function(model, p.get("compile", False))
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    best_state = _to_cpu_state(model)
+    best_state = _state_copy(model)
     if checkpoint_path is not None and checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        best_state = ckpt["best_state"]
+        best_state = {k: v.to(device) for k, v in ckpt["best_state"].items()}
         state = ckpt["state"]
         _set_rng_state(ckpt["rng"])
         logger.info("resuming %s from epoch %d (%s)", model.architecture, state["epoch"], checkpoint_path)
 
+    lengths = (inputs > 0).sum(axis=1)
+    with_items = bool(getattr(model, "modalities", ()))
+    valid_padded = pad_right(valid_histories, model.max_len)
+    eval_batch = int(p.get("eval_batch_size", 512))
+    every, last_saved = p.get("checkpoint_every", "auto"), state["epoch"]
+    interval = None if every in (None, "auto") else checkpoint_interval(every, 0.0, 1.0)
     num_batches = (len(inputs) + batch_size - 1) // batch_size
     while state["epoch"] < epochs and not (patience is not None and state["bad_epochs"] >= int(patience)):
         epoch = state["epoch"] + 1
@@ -183,14 +285,9 @@ def fit(
         sums: dict[str, torch.Tensor | float] = {}
         for b in progress(range(num_batches), desc=f"epoch {epoch}", leave=False):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            x, y = inputs[idx], targets[idx]
-            width = max(int((x > 0).sum(axis=1).max()), 1)  # right padding: trim the all-zero tail
-            batch = {
-                "item_seq": torch.from_numpy(x[:, :width]).to(device),
-                "target_seq": torch.from_numpy(y[:, :width]).to(device),
-            }
+            batch = to_device(host_batch(inputs, targets, lengths, idx, model.num_items, with_items), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                parts = model.training_step(batch)
+                parts = step(batch)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             if p.get("grad_clip"):
@@ -200,33 +297,37 @@ def fit(
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
         # Validation in full precision: bf16 scores would create ties, which the pessimistic rank penalises.
         ranks = rank_targets(
-            model, valid_histories, valid_targets, model.max_len,
-            int(p.get("eval_batch_size", 512)), device=device, desc="validation",
+            model, valid_padded, valid_targets, model.max_len, eval_batch, device=device, desc="validation",
+            max_scores=p.get("eval_max_scores"),
         )  # fmt: skip
         valid = summarize(ranks, ks)
         if metric not in valid:
             raise ValueError(f"early_stopping.metric {metric!r} is not one of {sorted(valid)}")
-        secs = time.perf_counter() - start_time
         parts_mean = {k: float(v) / max(num_batches, 1) for k, v in sums.items()}
-        state["history"].append({"epoch": epoch, "loss": parts_mean, "valid": valid, "seconds": secs})
+        train_secs = time.perf_counter() - start_time
+        state["history"].append({"epoch": epoch, "loss": parts_mean, "valid": valid, "seconds": train_secs})
         if valid[metric] > state["best_score"]:
             state.update(best_score=valid[metric], best_epoch=epoch, bad_epochs=0)
-            best_state = _to_cpu_state(model)
+            best_state = _state_copy(model)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        _log_epoch(epoch, epochs, parts_mean, valid, secs)
-        if checkpoint_path is not None:
-            _atomic_torch_save(
+        _log_epoch(epoch, epochs, parts_mean, valid, train_secs)
+        if checkpoint_path is not None and (interval is None or epoch - last_saved >= interval):
+            saved = time.perf_counter()
+            save_checkpoint(
                 {
                     "model": _to_cpu_state(model),
                     "optimizer": optimizer.state_dict(),
-                    "best_state": best_state,
+                    "best_state": {k: v.cpu() for k, v in best_state.items()},
                     "state": state,
                     "rng": _rng_state(),
                 },
                 checkpoint_path,
             )
+            last_saved = epoch
+            if every in (None, "auto"):  # from the measured cost: saving < 5% of the time
+                interval = checkpoint_interval("auto", time.perf_counter() - saved, train_secs)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     model.load_state_dict(best_state)
