@@ -51,13 +51,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 run_sum = run_sum * torch.exp(run_max - shift) + torch.exp(logits - shift[:, None]).sum(1)
                 run_max = run_max_new
             lse = run_max + torch.log(run_sum)
-        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+            # One chunk (a small catalog): keep the probabilities, as the plain CE would, instead of
+            # recomputing the logits in backward.
+            probs = torch.exp(logits.sub_(lse[:, None])) if weight.size(0) <= chunk else None
+        ctx.save_for_backward(hidden, weight, bias, targets, lse, probs)
         ctx.chunk, ctx.dtype = chunk, dtype
         return lse - target_logit
 
     @staticmethod
     def backward(ctx, grad_rows):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        hidden, weight, bias, targets, lse, saved_probs = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.dtype
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(dtype)
@@ -66,9 +69,11 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             grad_b = None if bias is None else torch.empty_like(bias, dtype=torch.float32)
             scale = grad_rows.float()[:, None]
             for start in range(0, weight.size(0), chunk):
-                logits = _chunk_logits(h, weight, bias, start, chunk, dtype)
-                cols, in_chunk = _target_cols(targets, start, logits.size(1))
-                probs = torch.exp(logits.sub_(lse[:, None]))  # softmax of the chunk's columns
+                if saved_probs is not None:
+                    probs = saved_probs.clone()  # backward may run again (retain_graph)
+                else:  # the softmax of the chunk's columns, recomputed
+                    probs = torch.exp(_chunk_logits(h, weight, bias, start, chunk, dtype).sub_(lse[:, None]))
+                cols, in_chunk = _target_cols(targets, start, probs.size(1))
                 probs.scatter_add_(1, cols[:, None], -in_chunk.to(probs.dtype)[:, None])  # minus one-hot
                 g = probs.mul_(scale)
                 stop = start + g.size(1)

@@ -14,6 +14,7 @@ from maf_pipeline.models import build_model, model_from_artifact
 from maf_pipeline.pipelines.training.nodes import (
     checkpoint_interval,
     configure_training_loss,
+    epoch_order,
     host_batch,
     to_device,
     train_model,
@@ -208,6 +209,21 @@ def test_resume_from_the_last_sparse_checkpoint_is_bit_identical(tmp_path: Path,
         if key != "__metadata__":
             assert torch.equal(value, resumed[key]), key
     assert [e["valid"] for e in hist_a["epochs"]] == [e["valid"] for e in hist_b["epochs"]]
+
+
+def test_length_grouped_order_is_a_seeded_permutation_with_little_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(5 + rng.lognormal(0, 1.2, size=1000).astype(int), 50)
+    plain, grouped = epoch_order(lengths, 32, 0, 7), epoch_order(lengths, 32, 8, 7)
+    assert sorted(grouped.tolist()) == list(range(1000))  # every window once
+    assert np.array_equal(grouped, epoch_order(lengths, 32, 8, 7))  # seeded
+    assert np.array_equal(plain, np.random.default_rng(7).permutation(1000))
+
+    def padded(order: np.ndarray) -> int:
+        return sum(len(b) * lengths[b].max() for b in np.array_split(order, range(32, 1000, 32)))
+
+    assert padded(grouped) < 0.6 * padded(plain)
+    assert not np.array_equal(grouped, epoch_order(lengths, 32, 8, 8))
 
 
 def test_checkpoint_interval_keeps_saving_under_five_percent() -> None:

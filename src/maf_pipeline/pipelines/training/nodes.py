@@ -189,6 +189,23 @@ def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, t
     return out
 
 
+def epoch_order(lengths: np.ndarray, batch_size: int, grouping: int, seed: int) -> np.ndarray:
+    """The window order of one epoch: a seeded permutation; with ``grouping`` > 0, windows are sorted by
+    length within consecutive groups of ``grouping`` batches and the batches are then shuffled, so a batch
+    holds windows of similar length (little right padding: the encoder's cost follows the real positions)
+    while every window is still seen once per epoch in a seeded random batch order."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    if grouping <= 0:
+        return order
+    group = grouping * batch_size
+    for start in range(0, len(order), group):
+        part = order[start : start + group]
+        order[start : start + group] = part[np.argsort(lengths[part], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else order
+
+
 def checkpoint_interval(setting: Any, save_seconds: float, epoch_seconds: float, budget: float = 0.05) -> int:
     """Epochs between checkpoints: ``setting`` when an integer; for ``auto`` the smallest interval that keeps
     saving under ``budget`` (5%) of training time, from the measured save and epoch times."""
@@ -281,7 +298,7 @@ def fit(
         epoch = state["epoch"] + 1
         start_time = time.perf_counter()
         model.train()
-        order = np.random.default_rng(seed + epoch).permutation(len(inputs))
+        order = epoch_order(lengths, batch_size, int(p.get("length_grouping", 0) or 0), seed + epoch)
         sums: dict[str, torch.Tensor | float] = {}
         for b in progress(range(num_batches), desc=f"epoch {epoch}", leave=False):
             idx = order[b * batch_size : (b + 1) * batch_size]
@@ -295,6 +312,9 @@ def fit(
             optimizer.step()
             for k, v in parts.items():  # summed on the device: no host sync per batch
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # once per epoch, so that the training time is measured
+        train_secs = time.perf_counter() - start_time
         # Validation in full precision: bf16 scores would create ties, which the pessimistic rank penalises.
         ranks = rank_targets(
             model, valid_padded, valid_targets, model.max_len, eval_batch, device=device, desc="validation",
@@ -304,15 +324,18 @@ def fit(
         if metric not in valid:
             raise ValueError(f"early_stopping.metric {metric!r} is not one of {sorted(valid)}")
         parts_mean = {k: float(v) / max(num_batches, 1) for k, v in sums.items()}
-        train_secs = time.perf_counter() - start_time
-        state["history"].append({"epoch": epoch, "loss": parts_mean, "valid": valid, "seconds": train_secs})
+        secs = time.perf_counter() - start_time
+        state["history"].append(
+            {"epoch": epoch, "loss": parts_mean, "valid": valid, "seconds": secs,
+             "train_seconds": train_secs, "valid_seconds": secs - train_secs}
+        )  # fmt: skip
         if valid[metric] > state["best_score"]:
             state.update(best_score=valid[metric], best_epoch=epoch, bad_epochs=0)
             best_state = _state_copy(model)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        _log_epoch(epoch, epochs, parts_mean, valid, train_secs)
+        _log_epoch(epoch, epochs, parts_mean, valid, secs)
         if checkpoint_path is not None and (interval is None or epoch - last_saved >= interval):
             saved = time.perf_counter()
             save_checkpoint(
@@ -327,7 +350,7 @@ def fit(
             )
             last_saved = epoch
             if every in (None, "auto"):  # from the measured cost: saving < 5% of the time
-                interval = checkpoint_interval("auto", time.perf_counter() - saved, train_secs)
+                interval = checkpoint_interval("auto", time.perf_counter() - saved, secs)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     model.load_state_dict(best_state)
