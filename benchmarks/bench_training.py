@@ -174,9 +174,8 @@ def run_one(
     }  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    history = fit(
-        model, data["inputs"], data["targets"], data["valid_h"], data["valid_t"], params, args.seed, None, device
-    )
+    inputs, targets, valid_h, valid_t = data["inputs"], data["targets"], data["valid_h"], data["valid_t"]
+    history = fit(model, inputs, targets, valid_h, valid_t, params, args.seed, None, device)
     last = history["epochs"][-1]
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     windows = len(data["inputs"])
@@ -204,14 +203,14 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu")
     parser.add_argument("--models", default="sasrec,maf")
     parser.add_argument("--precision", default="fp32", help="comma list of fp32, bf16")
-    parser.add_argument("--epochs", type=int, default=2, help="the last epoch is reported (the first warms up)")
+    parser.add_argument("--epochs", type=int, default=2, help="last one reported (first warms up)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--eval-batch-size", type=int, default=1024)
     parser.add_argument("--eval-max-scores", type=int, default=2**28)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--loss", choices=["full", "sampled_softmax"], default="full")
-    parser.add_argument("--loss-chunk-size", type=int, default=32768, help="0: one (positions x items) matrix")
+    parser.add_argument("--loss-chunk-size", type=int, default=32768, help="0: one logits matrix")
     parser.add_argument("--num-negatives", type=int, default=256)
     parser.add_argument("--length-grouping", type=int, default=64, help="0: plain shuffled batches")
     parser.add_argument("--compile", default="", help="torch.compile backend (e.g. inductor); empty: eager")
@@ -248,7 +247,8 @@ def main() -> None:
     lengths = np.array([len(s) for s in seqs])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"# {args.size}: {size['users']:,} users, {size['items']:,} items, {int(lengths.sum()):,} interactions "
+        f"# {args.size}: {size['users']:,} users, {size['items']:,} items, "
+        f"{int(lengths.sum()):,} interactions "
         f"(length mean {lengths.mean():.2f}, median {int(np.median(lengths))}, max {lengths.max()}), "
         f"{len(inputs):,} training windows, {int((targets > 0).sum()):,} targets; d={size['d']}, "
         f"{size['n_layers']} layers, {size['n_heads']} heads, batch {args.batch_size}; device {name}, "
