@@ -70,21 +70,27 @@ def make_sequences(users: int, items: int, interactions: int, seed: int) -> list
     lengths = 5 + np.floor(tail * extra / tail.sum()).astype(np.int64)
     lengths = np.minimum(lengths, 1000)
     short = interactions - int(lengths.sum())  # spread the rounding remainder over random users
-    lengths[rng.choice(users, size=abs(short), replace=True)] += np.sign(short)
-    lengths = np.maximum(lengths, 5)
+    if short > 0:
+        np.add.at(lengths, rng.choice(users, size=short, replace=True), 1)
     ranks = np.arange(1, items + 1, dtype=np.float64)
-    pop = 1.0 / (ranks + 10.0) ** 0.9
-    pop /= pop.sum()
+    cdf = np.cumsum(1.0 / (ranks + 10.0) ** 0.9)
+    cdf /= cdf[-1]
     perm = rng.permutation(items) + 1  # popular ids spread over the catalog
+
+    def popular(n: int) -> np.ndarray:
+        return perm[np.minimum(np.searchsorted(cdf, rng.random(n)), items - 1)]
+
+    by_length = np.argsort(-lengths, kind="stable")
+    sorted_len = lengths[by_length]
     stride = rng.integers(1, 8, size=users)
     seqs = np.zeros((users, int(lengths.max())), dtype=np.int64)
-    seqs[:, 0] = perm[rng.choice(items, size=users, p=pop)]
+    seqs[:, 0] = popular(users)
     for t in range(1, seqs.shape[1]):
-        alive = lengths > t
-        follow = rng.random(users) < 0.6
-        popular = perm[rng.choice(items, size=users, p=pop)]
-        nxt = np.where(follow, (seqs[:, t - 1] - 1 + stride) % items + 1, popular)
-        seqs[:, t] = np.where(alive, nxt, 0)
+        k = int(np.searchsorted(-sorted_len, -t, side="left"))  # users longer than t come first
+        alive = by_length[:k]
+        follow = rng.random(k) < 0.6
+        nxt = (seqs[alive, t - 1] - 1 + stride[alive]) % items + 1
+        seqs[alive, t] = np.where(follow, nxt, popular(k))
     return [seqs[u, : lengths[u]] for u in range(users)]
 
 

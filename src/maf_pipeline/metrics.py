@@ -107,8 +107,8 @@ def rank_targets(
     itself is never excluded). Sampled protocol (``negatives`` given, ``(U, n)``): candidates are the target
     and its negatives. ``histories`` may be given already right-padded (``(U, L)`` array, see
     :func:`pad_right`). ``max_scores`` bounds the users x items score matrix of a batch (memory): batches
-    shrink to ``max_scores // (N + 1)`` users when that is below ``batch_size``. Ranks stay on the device
-    until the end (one host sync).
+    shrink to ``max_scores // (N + 1)`` users when that is below ``batch_size``. Users are batched in order
+    of history length (little padding for the encoder); ranks stay on the device until the end (one sync).
     """
     was_training = scorer.training
     scorer.eval()
@@ -122,25 +122,27 @@ def rank_targets(
     num_columns = int(getattr(scorer, "num_items", 0)) + 1
     if max_scores:
         batch_size = max(1, min(batch_size, int(max_scores) // max(num_columns, 1)))
+    order = np.argsort(lengths, kind="stable")  # users of similar history length share a batch
     out = []
     starts = range(0, len(targets), batch_size)
     for start in tqdm(starts, desc=desc, disable=None, leave=False):
-        stop = min(start + batch_size, len(targets))
-        width = max(int(lengths[start:stop].max(initial=0)), 1)
-        seq = _to(padded[start:stop, :width], device)
-        tgt = _to(targets[start:stop], device)
+        users = order[start : start + batch_size]
+        width = max(int(lengths[users].max(initial=0)), 1)
+        seq = _to(padded[users, :width], device)
+        tgt = _to(targets[users], device)
         scores = scorer.full_sort_scores(seq)
         if negatives is not None:
-            cand = torch.cat([tgt[:, None], _to(negatives[start:stop], device)], dim=1)
+            cand = torch.cat([tgt[:, None], _to(negatives[users], device)], dim=1)
             cand_scores = scores.gather(1, cand).float()
             cand_scores[:, 1:] = cand_scores[:, 1:].masked_fill(cand[:, 1:] == 0, float("-inf"))
             out.append(pessimistic_rank(cand_scores, torch.zeros_like(tgt)))
             continue
         if exclude is not None:
-            rows = [np.full(len(e), i) for i, e in enumerate(exclude[start:stop])]
+            excluded = [np.asarray(exclude[u], dtype=np.int64) for u in users]
+            rows = [np.full(len(e), i) for i, e in enumerate(excluded)]
             if rows and sum(len(r) for r in rows):
                 r = _to(np.concatenate(rows), device)
-                c = _to(np.concatenate(exclude[start:stop]).astype(np.int64), device)
+                c = _to(np.concatenate(excluded), device)
                 if scores._is_view():  # e.g. an expanded row: mask a copy, never the scorer's tensor
                     scores = scores.clone()
                 keep = scores.gather(1, tgt[:, None])
@@ -148,9 +150,10 @@ def rank_targets(
                 scores.scatter_(1, tgt[:, None], keep)  # the target is never masked
         out.append(pessimistic_rank(scores, tgt))
     scorer.train(was_training)
-    if not out:
-        return np.empty(0, dtype=np.int64)
-    return torch.cat(out).cpu().numpy().astype(np.int64)
+    ranks = np.empty(len(targets), dtype=np.int64)
+    if out:
+        ranks[order] = torch.cat(out).cpu().numpy()
+    return ranks
 
 
 def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
