@@ -140,6 +140,7 @@ def test_grid_search_selects_on_validation_only(shared, settings) -> None:
     assert resolve_maf_config(maf, off) == maf
 
 
+@pytest.mark.slow
 def test_concurrent_runs_equal_the_sequential_runs(shared, settings) -> None:
     """Two spawn worker processes give the rows of the in-process run for the same seeds (but the time)."""
     sasrec = {"architecture": "sasrec", "d": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}

@@ -242,3 +242,33 @@ def test_pipeline_factory_namespaces_model_outputs_and_parameters() -> None:
     } <= pipe.inputs()
     assert "image_features" in pipe.inputs()
     assert create_pipeline().outputs() == {"maf.trained_model", "maf.training_history"}
+
+
+def test_ranks_above_zero_keep_outputs_in_memory(monkeypatch, tmp_path: Path) -> None:
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.pipeline import Node, Pipeline
+    from kedro_datasets.pickle import PickleDataset
+
+    from maf_pipeline.distributed import RankZeroWritesHook, launch_rank, rank_mlflow_dir
+
+    pipe = Pipeline([Node(lambda x: x, "a", "b", name="copy")])
+
+    def catalog() -> DataCatalog:
+        return DataCatalog({"a": MemoryDataset(1), "b": PickleDataset(filepath=str(tmp_path / "b.pkl"))})
+
+    on_zero = catalog()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    RankZeroWritesHook().before_pipeline_run({}, pipe, on_zero)
+    assert isinstance(on_zero.get("b"), PickleDataset)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MAF_MLFLOW_DIR", raising=False)
+    on_one = catalog()
+    RankZeroWritesHook().before_pipeline_run({}, pipe, on_one)
+    assert launch_rank() == 1 and isinstance(on_one.get("b"), MemoryDataset)
+    assert isinstance(on_one.get("a"), MemoryDataset) and on_one.load("a") == 1  # inputs untouched
+    rank_mlflow_dir()
+    import os
+
+    assert "maf-rank1-mlflow-" in os.environ["MAF_MLFLOW_DIR"]
+    monkeypatch.delenv("MAF_MLFLOW_DIR")

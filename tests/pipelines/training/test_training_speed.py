@@ -155,3 +155,49 @@ def test_chunked_loss_trains_like_the_plain_loss(tmp_path: Path) -> None:
     for key, value in plain.items():
         if key != "__metadata__":
             torch.testing.assert_close(value, chunked[key], rtol=1e-3, atol=1e-4)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, data: dict, features: dict, params: dict) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    try:
+        artifact, history = run(data, features, tiny_maf_params(dropout=0.0, attn_dropout=0.0), params)
+        torch.save({"artifact": artifact, "history": history}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_data_parallel_on_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
+    """Two CPU ranks (gloo) split every batch and the validation users; rank 0 writes the checkpoints; the
+    weights and validation metrics match one process on the same batches (dropout off), within tolerance."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    data, features = make_sequences(num_users=20, seed=5), make_features(30)
+    params = training_params(tmp_path, epochs=3, batch_size=6, device="cpu", keep_checkpoint=True,
+                             checkpoint_every=1)  # fmt: skip
+    single, hist_single = run(data, features, tiny_maf_params(dropout=0.0, attn_dropout=0.0), params)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ddp_params = {**params, "checkpoint_dir": str(tmp_path / "ddp_ckpt")}
+    out = str(tmp_path / "ddp")
+    mp.spawn(_ddp_worker, args=(2, port, out, data, features, ddp_params), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in (0, 1)]
+    for key, value in single.items():
+        if key != "__metadata__":
+            torch.testing.assert_close(ranks[0]["artifact"][key], value, rtol=1e-4, atol=1e-5)
+            assert torch.equal(ranks[0]["artifact"][key], ranks[1]["artifact"][key])  # replicas agree
+    assert ranks[0]["history"]["world_size"] == 2
+    for a, b in zip(hist_single["epochs"], ranks[0]["history"]["epochs"], strict=True):
+        assert a["loss"]["id"] == pytest.approx(b["loss"]["id"], rel=0.05)  # per-rank means, averaged
+        assert a["valid"]["ndcg@20"] == pytest.approx(b["valid"]["ndcg@20"], abs=1e-6)
+        assert a["valid"]["num_users"] == b["valid"]["num_users"] == 20
+    assert len(list((tmp_path / "ddp_ckpt").rglob("checkpoint.pt"))) == 1  # one writer

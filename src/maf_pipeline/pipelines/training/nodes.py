@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from maf_pipeline.metrics import pad_right, rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
@@ -41,6 +42,7 @@ _NON_SEMANTIC = (
     "eval_batch_size",
     "eval_max_scores",
     "num_threads",
+    "distributed",
 )
 
 
@@ -242,6 +244,36 @@ def _step_function(model: SequentialRecommender, setting: Any) -> Callable[[dict
     return torch.compile(model.training_step, backend=backend, dynamic=True)
 
 
+class _Step(torch.nn.Module):
+    """``model.training_step`` as a module's forward, so DistributedDataParallel sees (and syncs) the step."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model.training_step(batch)
+
+
+def init_distributed(training_params: dict[str, Any]) -> tuple[int, int]:
+    """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE`` > 1, ``training.distributed: auto``)
+    joins the process group (NCCL on CUDA, else gloo) once. ``distributed: false`` trains in one process."""
+    setting = training_params.get("distributed", "auto")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if setting is False or world <= 1 or not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and training_params.get("device", "auto") != "cpu"
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def fit(
     model: SequentialRecommender,
     inputs: np.ndarray,
@@ -261,6 +293,12 @@ def fit(
     uninterrupted run. The step has no host sync: batches are prepared on the host (target positions,
     distinct items) and copied from pinned memory without blocking; loss sums stay on the device until the
     epoch ends. Returns the history; the model is left holding the best weights.
+
+    Under ``torch.distributed`` (see :func:`init_distributed`) the model is wrapped in
+    DistributedDataParallel; each global batch of ``batch_size`` windows is split over the ranks, and each
+    rank's loss is weighted by its share of the batch's targets, so the averaged gradient is the one-process
+    gradient of the whole batch. Validation users are split over the ranks and their ranks gathered; loss
+    sums are reduced; only rank 0 writes checkpoints (with every rank's RNG state).
     """
     p = training_params
     epochs, batch_size = int(p["epochs"]), int(p["batch_size"])
@@ -275,7 +313,13 @@ def fit(
         weight_decay=float(p.get("weight_decay", 0.0)),
         **({"fused": True} if device.type == "cuda" else {}),
     )
+    rank, world = _world()
     step = _step_function(model, p.get("compile", False))
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        # broadcast_buffers off: the fixed feature tables are equal on every rank, never re-sent per step
+        ddp = torch.nn.parallel.DistributedDataParallel
+        step = ddp(_Step(model), device_ids=ids, broadcast_buffers=False)
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
     best_state = _state_copy(model)
     if checkpoint_path is not None and checkpoint_path.exists():
@@ -284,7 +328,7 @@ def fit(
         optimizer.load_state_dict(ckpt["optimizer"])
         best_state = {k: v.to(device) for k, v in ckpt["best_state"].items()}
         state = ckpt["state"]
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng_ranks"][rank] if world > 1 else ckpt["rng"])
         logger.info("resuming %s from epoch %d (%s)", model.architecture, state["epoch"], checkpoint_path)
 
     lengths = (inputs > 0).sum(axis=1)
@@ -302,11 +346,16 @@ def fit(
         sums: dict[str, torch.Tensor | float] = {}
         for b in progress(range(num_batches), desc=f"epoch {epoch}", leave=False):
             idx = order[b * batch_size : (b + 1) * batch_size]
+            share = 1.0
+            if world > 1:  # this rank's part of the global batch, weighted by its share of the targets
+                part = idx[rank::world] if len(idx) >= world else idx[:1]
+                share = world * float((targets[part] > 0).sum()) / max(float((targets[idx] > 0).sum()), 1.0)
+                idx = part
             batch = to_device(host_batch(inputs, targets, lengths, idx, model.num_items, with_items), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 parts = step(batch)
             optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
+            (parts["loss"] * share if world > 1 else parts["loss"]).backward()
             if p.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(p["grad_clip"]))
             optimizer.step()
@@ -316,10 +365,13 @@ def fit(
             torch.cuda.synchronize(device)  # once per epoch, so that the training time is measured
         train_secs = time.perf_counter() - start_time
         # Validation in full precision: bf16 scores would create ties, which the pessimistic rank penalises.
+        users = np.arange(len(valid_targets))[rank::world]
         ranks = rank_targets(
-            model, valid_padded, valid_targets, model.max_len, eval_batch, device=device, desc="validation",
-            max_scores=p.get("eval_max_scores"),
+            model, valid_padded[users], valid_targets[users], model.max_len, eval_batch, device=device,
+            desc="validation", max_scores=p.get("eval_max_scores"),
         )  # fmt: skip
+        if world > 1:
+            ranks, sums = _gather_ranks(ranks, len(valid_targets)), _mean_over_ranks(sums)
         valid = summarize(ranks, ks)
         if metric not in valid:
             raise ValueError(f"early_stopping.metric {metric!r} is not one of {sorted(valid)}")
@@ -338,16 +390,23 @@ def fit(
         _log_epoch(epoch, epochs, parts_mean, valid, secs)
         if checkpoint_path is not None and (interval is None or epoch - last_saved >= interval):
             saved = time.perf_counter()
-            save_checkpoint(
-                {
+            rng = _rng_state()
+            rng_ranks = [None] * world
+            if world > 1:
+                dist.all_gather_object(rng_ranks, rng)
+            if rank == 0:
+                payload = {
                     "model": _to_cpu_state(model),
                     "optimizer": optimizer.state_dict(),
                     "best_state": {k: v.cpu() for k, v in best_state.items()},
                     "state": state,
-                    "rng": _rng_state(),
-                },
-                checkpoint_path,
-            )
+                    "rng": rng,
+                }
+                if world > 1:
+                    payload["rng_ranks"] = rng_ranks
+                save_checkpoint(payload, checkpoint_path)
+            if world > 1:
+                dist.barrier()
             last_saved = epoch
             if every in (None, "auto"):  # from the measured cost: saving < 5% of the time
                 interval = checkpoint_interval("auto", time.perf_counter() - saved, secs)
@@ -364,6 +423,29 @@ def fit(
         "early_stopping_metric": metric,
         "stopped_early": stopped_early,
     }
+
+
+def _gather_ranks(local: np.ndarray, total: int) -> np.ndarray:
+    """Every rank's validation ranks (users ``rank::world``) back in user order, on every rank."""
+    _, world = _world()
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, local)
+    out = np.empty(total, dtype=np.int64)
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
+
+
+def _mean_over_ranks(sums: dict[str, Any]) -> dict[str, Any]:
+    """Epoch loss sums averaged over the ranks (each rank's sums are over its share of every batch)."""
+    _, world = _world()
+    out = {}
+    for k, v in sums.items():
+        t = torch.as_tensor(v, dtype=torch.float32).clone()
+        t = t.to("cuda") if dist.get_backend() == "nccl" else t.cpu()
+        dist.all_reduce(t)
+        out[k] = t / world
+    return out
 
 
 def train_model(
@@ -391,7 +473,11 @@ def train_model(
         raise ValueError("the model parameter block needs an 'architecture' key (e.g. maf, sasrec)")
     max_len, seed = int(max_len), int(seed)
     num_items = int(item_index["item_idx"].max())
+    rank, world = init_distributed(training_params)
     device = resolve_device(training_params.get("device", "auto"))
+    if world > 1 and device.type == "cuda":  # one GPU per rank (torchrun's LOCAL_RANK)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     if training_params.get("num_threads"):
         torch.set_num_threads(int(training_params["num_threads"]))
     features = feature_tables(image_features, text_features, category_features)
@@ -425,9 +511,10 @@ def train_model(
         seed=seed,
         device=str(device),
         num_windows=len(inputs),
+        world_size=world,
         total_seconds=time.perf_counter() - started,
     )
-    if ckpt is not None and not training_params.get("keep_checkpoint", False):
+    if ckpt is not None and rank == 0 and not training_params.get("keep_checkpoint", False):
         shutil.rmtree(ckpt.parent, ignore_errors=True)
     artifact: dict[str, Any] = _to_cpu_state(model)
     artifact["__metadata__"] = {
