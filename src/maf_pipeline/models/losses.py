@@ -48,12 +48,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 target_logit += torch.where(in_chunk, logits.gather(1, cols[:, None]).squeeze(1), 0.0)
                 run_max_new = torch.maximum(run_max, logits.amax(dim=1))
                 shift = run_max_new.masked_fill(torch.isinf(run_max_new), 0.0)  # an all-padding chunk
-                run_sum = run_sum * torch.exp(run_max - shift) + torch.exp(logits - shift[:, None]).sum(1)
+                scaled = torch.exp(logits.sub_(shift[:, None]))
+                run_sum = run_sum * torch.exp(run_max - shift) + scaled.sum(1)
                 run_max = run_max_new
             lse = run_max + torch.log(run_sum)
             # One chunk (a small catalog): keep the probabilities, as the plain CE would, instead of
             # recomputing the logits in backward.
-            probs = torch.exp(logits.sub_(lse[:, None])) if weight.size(0) <= chunk else None
+            probs = scaled.div_(run_sum[:, None]) if weight.size(0) <= chunk else None
         ctx.save_for_backward(hidden, weight, bias, targets, lse, probs)
         ctx.chunk, ctx.dtype = chunk, dtype
         return lse - target_logit

@@ -267,8 +267,11 @@ def test_ranks_above_zero_keep_outputs_in_memory(monkeypatch, tmp_path: Path) ->
     RankZeroWritesHook().before_pipeline_run({}, pipe, on_one)
     assert launch_rank() == 1 and isinstance(on_one.get("b"), MemoryDataset)
     assert isinstance(on_one.get("a"), MemoryDataset) and on_one.load("a") == 1  # inputs untouched
-    rank_mlflow_dir()
     import os
+    import tempfile
 
-    assert "maf-rank1-mlflow-" in os.environ["MAF_MLFLOW_DIR"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rank_mlflow_dir()
+
+    assert os.environ["MAF_MLFLOW_DIR"].startswith(str(tmp_path / "maf-rank1-mlflow-"))
     monkeypatch.delenv("MAF_MLFLOW_DIR")
