@@ -280,9 +280,9 @@ def main() -> None:
     for r in rows:
         print(
             f"| {r['model']} | {r['precision']}{' compiled' if r['compile'] else ''} | {r['loss']} | "
-            f"{r['windows_per_s']:,.0f} | {r['epoch_s']:.2f} | {r['eval_s']:.2f} | {r['train_tflops']:.2f} | "
-            f"{100 * r['train_tflops'] / r['peak_tflops']:.1f}% of {r['peak_tflops']:.0f} | "
-            f"{r['eval_tflops']:.2f} | {r['peak_mem_gib']:.1f} | {r['valid_ndcg@20']:.4f} |"
+            f"{r['windows_per_s']:,.0f} | {r['epoch_s']:.2f} | {r['eval_s']:.2f} | {r['train_tflops']:.3g} | "
+            f"{100 * r['train_tflops'] / r['peak_tflops']:.1f}% of {r['peak_tflops']:.3g} | "
+            f"{r['eval_tflops']:.3g} | {r['peak_mem_gib']:.1f} | {r['valid_ndcg@20']:.4f} |"
         )
     by = {(r["model"], r["precision"]): r["epoch_s"] for r in rows}
     for precision in peaks:

@@ -62,6 +62,6 @@ print("|---" * 10 + "|")
 for r in rows:
     prec = r["precision"] + (" compiled" if r["compile"] else "")
     print(f"| {r['size']} | {r['model']} | {prec} | {r['epoch_s']:.2f} | {r['windows_per_s']:,.0f} | "
-          f"{r['eval_s']:.2f} | {r['train_tflops']:.1f} | {100 * r['train_tflops'] / r['peak_tflops']:.1f}% "
-          f"of {r['peak_tflops']:.0f} | {r['peak_mem_gib']:.1f} | {r['valid_ndcg@20']:.4f} |")
+          f"{r['eval_s']:.2f} | {r['train_tflops']:.3g} | {100 * r['train_tflops'] / r['peak_tflops']:.1f}% "
+          f"of {r['peak_tflops']:.3g} | {r['peak_mem_gib']:.1f} | {r['valid_ndcg@20']:.4f} |")
 EOF
