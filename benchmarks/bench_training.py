@@ -218,7 +218,7 @@ def main() -> None:
     parser.add_argument("--loss", choices=["full", "sampled_softmax"], default="full")
     parser.add_argument("--loss-chunk-size", type=int, default=32768, help="0: one logits matrix")
     parser.add_argument("--num-negatives", type=int, default=256)
-    parser.add_argument("--length-grouping", type=int, default=64, help="0: plain shuffled batches")
+    parser.add_argument("--length-grouping", type=int, default=0, help="training.length_grouping")
     parser.add_argument("--compile", default="", help="torch.compile backend (e.g. inductor); empty: eager")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0)
