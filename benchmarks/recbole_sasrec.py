@@ -8,7 +8,8 @@ setuptools<81; torch can come from the project's venv through a ``.pth`` line ap
     /tmp/recbole/bin/pip install recbole==1.2.1 "numpy<2" "pandas<3" "setuptools<81"
     mkdir -p /tmp/rbdata/ml-100k && pip download --no-deps recbole==1.2.1 -d /tmp/rbdata
     unzip -j /tmp/rbdata/recbole-1.2.1-*.whl 'recbole/dataset_example/ml-100k/*' -d /tmp/rbdata/ml-100k
-    OMP_NUM_THREADS=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 /tmp/recbole/bin/python benchmarks/recbole_sasrec.py
+    cd /tmp && OMP_NUM_THREADS=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 \
+        /tmp/recbole/bin/python $OLDPWD/benchmarks/recbole_sasrec.py   # RecBole writes log/ into the cwd
 
 Same setting as this project's ml-100k figures: leave-one-out (last item test, second last validation),
 every training target once per epoch (RecBole: one prefix sequence per target), CE over all items, d=64,

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from maf_pipeline.locks import atomic_write, folder_lock
 from maf_pipeline.metrics import pad_right, rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
 from maf_pipeline.progress import progress
@@ -43,6 +44,7 @@ _NON_SEMANTIC = (
     "eval_max_scores",
     "num_threads",
     "distributed",
+    "lock_wait_s",
 )
 
 
@@ -126,11 +128,9 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write a training checkpoint atomically (temp file, then rename), so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Write a training checkpoint atomically (a unique temporary name per process and call, then rename),
+    so a kill never leaves half a file."""
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _state_copy(model: torch.nn.Module, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
@@ -505,7 +505,15 @@ def train_model(
         len(valid_t),
         device,
     )
-    history = fit(model, inputs, targets, valid_h, valid_t, training_params, seed, ckpt, device, on_epoch_end)
+    # one run at a time on a checkpoint folder: a second fails naming the first, or waits lock_wait_s
+    # (under DDP the ranks are one run: rank 0 holds the lock and writes)
+    folder, wait_s = (ckpt.parent if ckpt and rank == 0 else None), training_params.get("lock_wait_s", 0)
+    with folder_lock(folder, wait_s, "training checkpoint folder", "training.lock_wait_s"):
+        history = fit(
+            model, inputs, targets, valid_h, valid_t, training_params, seed, ckpt, device, on_epoch_end
+        )
+        if ckpt is not None and rank == 0 and not training_params.get("keep_checkpoint", False):
+            shutil.rmtree(ckpt.parent, ignore_errors=True)
     history.update(
         architecture=name,
         seed=seed,
@@ -514,8 +522,6 @@ def train_model(
         world_size=world,
         total_seconds=time.perf_counter() - started,
     )
-    if ckpt is not None and rank == 0 and not training_params.get("keep_checkpoint", False):
-        shutil.rmtree(ckpt.parent, ignore_errors=True)
     artifact: dict[str, Any] = _to_cpu_state(model)
     artifact["__metadata__"] = {
         "architecture": name,
