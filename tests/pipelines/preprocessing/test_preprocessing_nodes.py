@@ -13,6 +13,7 @@ from maf_pipeline.pipelines.preprocessing.nodes import (
     filter_categories,
     filter_date_window,
     filter_multimodal_completeness,
+    filter_verified_images,
     kcore_filter,
     select_items,
 )
@@ -319,8 +320,9 @@ def test_dataset_statistics_table_and_funnel():
     complete, c4 = filter_multimodal_completeness(
         dedup, items_frame({f"i{i}": ("t", ["c"]) for i in range(3)}), IMAGES, ["text"]
     )
-    kcore, c5 = kcore_filter(complete, k=3)
-    stats, table = build_dataset_statistics(c1, c2, c3, c4, c5, kcore, "Toy")
+    candidates, c5 = kcore_filter(complete, k=3)
+    kcore, c6 = filter_verified_images(candidates, IMAGES, ["text"], k=3)
+    stats, table = build_dataset_statistics(c1, c2, c3, c4, c5, c6, kcore, "Toy")
     assert stats["table1"] == {
         "users": 4,
         "items": 3,
@@ -336,6 +338,7 @@ def test_dataset_statistics_table_and_funnel():
         "dedup",
         "completeness",
         "kcore",
+        "images",
     ]
     assert stats["funnel"][0]["removed_interactions"] == 1
     assert stats["first_interaction"].startswith("2016-01-01")

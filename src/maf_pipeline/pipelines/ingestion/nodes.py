@@ -73,17 +73,23 @@ def ingest_reviews(
     return interactions.to_pandas(), report
 
 
-def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def ingest_metadata(
+    raw_metadata: RawSource, params: dict[str, Any], interactions: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Stream a metadata file into ``items`` (item_id, title, text, categories, image_urls, brand).
 
-    One row per item: an asin on several lines keeps its most complete record (most non-empty fields, then
-    the first line). Text fields lose their HTML, categories are a cleaned label path, image URLs full size.
+    Only the items reviewed in ``interactions`` are kept (a semi-join while streaming, before any cleaning:
+    memory and time follow the reviewed items, not the dump, of which most items are never reviewed in the
+    window); ``None`` keeps every item. One row per item: an asin on several lines keeps its most complete
+    record (most non-empty fields, then the first line). Text fields lose their HTML, categories are a
+    cleaned label path, image URLs full size.
     """
     cfg = _settings(params)
     meta_cfg = {**DEFAULTS["metadata"], **(cfg.get("metadata") or {})}
+    wanted = None if interactions is None else reviewed_item_ids(interactions)
     stats = ParseStats(max_examples=cfg["first_bad_lines"])
     tables: list[pa.Table] = []
-    rows = 0
+    rows = not_reviewed = 0
     with RawFile(raw_metadata, cfg, "metadata") as raw:
         parser = BlockParser(
             METADATA_SCHEMAS[raw.format],
@@ -94,8 +100,9 @@ def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd
         )
         categories_cache: dict[tuple, list[str]] = {}
         for piece in raw.pieces(parser):
-            table = metadata_rows(piece, raw.format, meta_cfg, stats, rows, categories_cache)
+            table, skipped = metadata_rows(piece, raw.format, meta_cfg, stats, rows, categories_cache, wanted)
             rows += table.num_rows
+            not_reviewed += skipped
             if table.num_rows:
                 tables.append(table)
     items = collapse_duplicates(pa.concat_tables(tables)) if tables else ITEMS_SCHEMA.empty_table()
@@ -104,6 +111,10 @@ def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd
         kept=items.num_rows,
         records=rows,
         duplicates_collapsed=rows - items.num_rows,
+        semi_join={
+            "reviewed_items": None if wanted is None else len(wanted),
+            "records_of_unreviewed_items": not_reviewed,
+        },
         items_with={
             "text": count_true(pc.not_equal(items["text"], "")),
             "categories": count_true(pc.greater(pc.list_value_length(items["categories"]), 0)),
@@ -112,6 +123,12 @@ def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd
         },
     )
     return items.to_pandas(), report
+
+
+def reviewed_item_ids(interactions: pd.DataFrame) -> pa.Array:
+    """The distinct item ids of ``interactions`` as an Arrow string array (the semi-join's value set)."""
+    ids = interactions["item_id"]
+    return pa.array(pd.unique(ids.to_numpy()), type=pa.string()) if len(ids) else pa.array([], pa.string())
 
 
 def build_ingestion_report(

@@ -103,12 +103,22 @@ def metadata_rows(
     stats: ParseStats,
     row_offset: int,
     categories_cache: dict[tuple, list[str]],
-) -> pa.Table:
-    """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score)."""
+    wanted_ids: pa.Array | None = None,
+) -> tuple[pa.Table, int]:
+    """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score).
+
+    With ``wanted_ids`` only those items are kept (a semi-join done before any cleaning, so the cost follows
+    the wanted items, not the dump); returns the table and how many valid rows the semi-join left out.
+    """
     table = piece.table
-    has_id = _present(table.column(METADATA_ID[fmt])).combine_chunks()
+    ids = table.column(METADATA_ID[fmt])
+    has_id = _present(ids).combine_chunks()
     _flag_rows(piece, has_id, "missing_field", stats)
-    table = table.filter(has_id)
+    keep = has_id
+    if wanted_ids is not None:
+        keep = pc.and_(has_id, pc.is_in(ids, value_set=wanted_ids)).combine_chunks()
+    table = table.filter(keep)
+    not_wanted = count_true(has_id) - table.num_rows
     features = None
     main_category = None
     if fmt == "2018":
@@ -171,18 +181,17 @@ def metadata_rows(
             )
         ],
     )
-    return pa.table(
-        {
-            "item_id": table.column(METADATA_ID[fmt]),
-            "title": title,
-            "text": text,
-            "categories": categories,
-            "image_urls": image_urls,
-            "brand": brand,
-            "_score": score,
-            "_row": pa.array(np.arange(row_offset, row_offset + table.num_rows, dtype=np.int64)),
-        }
-    )
+    columns = {
+        "item_id": table.column(METADATA_ID[fmt]),
+        "title": title,
+        "text": text,
+        "categories": categories,
+        "image_urls": image_urls,
+        "brand": brand,
+        "_score": score,
+        "_row": pa.array(np.arange(row_offset, row_offset + table.num_rows, dtype=np.int64)),
+    }
+    return pa.table(columns), not_wanted
 
 
 def collapse_duplicates(table: pa.Table) -> pa.Table:

@@ -1,6 +1,10 @@
 """Preprocessing nodes: the paper's filters (date window, category subset, duplicates, multimodal
 completeness, k-core) applied in order, each returning its output and its before/after counts.
 
+Images are the one costly modality, so completeness and the k-core first use cheap image *candidates*
+(``features.images.list_image_candidates``); images are fetched for the k-core survivors only, and
+``filter_verified_images`` drops the failures and re-applies the k-core to the same fixed point.
+
 Dtypes (kept from the ``interactions`` contract at every stage): ``user_id`` and ``item_id`` strings,
 ``rating`` float32, ``timestamp`` datetime64 UTC. Every stage keeps the rows of its input in their original
 order (the raw file order), so later stable tie-breaks on equal timestamps are reproducible.
@@ -264,17 +268,9 @@ def filter_multimodal_completeness(
     return out, report
 
 
-def kcore_filter(
-    interactions: pd.DataFrame, k: int, user_k: int | None = None, item_k: int | None = None
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Iterative k-core: drop users with under ``user_k`` and items with under ``item_k`` interactions until
-    nothing changes (both default to ``k``). The fixed point is the largest subset meeting both bounds.
-
-    Counts are of interaction rows (with ``dedup_keep: all`` a repeated pair counts each time).
-    """
-    uk = k if user_k is None else user_k
-    ik = k if item_k is None else item_k
-    df = interactions.reset_index(drop=True)
+def _kcore(df: pd.DataFrame, user_k: int, item_k: int) -> tuple[pd.DataFrame, int]:
+    """The rows of the largest subset where every user has >= ``user_k`` and every item >= ``item_k`` rows
+    (iterated to a fixed point), in input order; also the number of iterations."""
     users, _ = pd.factorize(df["user_id"])
     items, _ = pd.factorize(df["item_id"])
     rows = np.arange(len(df))
@@ -282,9 +278,7 @@ def kcore_filter(
     while True:
         iterations += 1
         u, i = users[rows], items[rows]
-        user_deg = np.bincount(u)
-        item_deg = np.bincount(i)
-        keep = (user_deg[u] >= uk) & (item_deg[i] >= ik)
+        keep = (np.bincount(u)[u] >= user_k) & (np.bincount(i)[i] >= item_k)
         logger.info(
             "k-core iteration %d: %s -> %s interactions", iterations, f"{len(rows):,}", f"{keep.sum():,}"
         )
@@ -293,7 +287,25 @@ def kcore_filter(
         rows = rows[keep]
         if len(rows) == 0:
             break
-    out = df.iloc[rows].reset_index(drop=True)
+    return df.iloc[rows].reset_index(drop=True), iterations
+
+
+def _bounds(k: int, user_k: int | None, item_k: int | None) -> tuple[int, int]:
+    return (k if user_k is None else user_k), (k if item_k is None else item_k)
+
+
+def kcore_filter(
+    interactions: pd.DataFrame, k: int, user_k: int | None = None, item_k: int | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Iterative k-core: drop users with under ``user_k`` and items with under ``item_k`` interactions until
+    nothing changes (both default to ``k``). The fixed point is the largest subset meeting both bounds.
+
+    Counts are of interaction rows (with ``dedup_keep: all`` a repeated pair counts each time). In the chain
+    this runs on image *candidates*; ``filter_verified_images`` finishes the job once images are fetched.
+    """
+    uk, ik = _bounds(k, user_k, item_k)
+    df = interactions.reset_index(drop=True)
+    out, iterations = _kcore(df, uk, ik)
     report = _stage_report(
         "kcore",
         df,
@@ -302,6 +314,50 @@ def kcore_filter(
         user_k=int(uk),
         item_k=int(ik),
         iterations=iterations,
+    )
+    return out, report
+
+
+def filter_verified_images(
+    interactions: pd.DataFrame,
+    image_availability: pd.DataFrame,
+    required_modalities: list[str],
+    k: int,
+    user_k: int | None = None,
+    item_k: int | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Drop the items whose image could not be verified and re-apply the k-core, until nothing changes.
+
+    Images are fetched only for the k-core computed with cheap image candidates; some then fail (404,
+    corrupt, too large). Because the k-core is monotone and every verified item was a candidate, this fixed
+    point equals the paper's data set: the k-core of the interactions restricted to items with a verified
+    image (``tests/pipelines/preprocessing/test_image_fixed_point.py`` checks it against a brute force).
+    Without ``image`` in ``required_modalities`` the interactions pass unchanged.
+    """
+    uk, ik = _bounds(k, user_k, item_k)
+    df = interactions.reset_index(drop=True)
+    out, rounds, dropped = df, 0, set()
+    if "image" in (required_modalities or []):
+        flags = image_availability.drop_duplicates("item_id")
+        verified = pd.Index(flags.loc[flags["has_image"].astype(bool), "item_id"].astype(str))
+        while True:
+            keep = out["item_id"].isin(verified).to_numpy()
+            if keep.all():
+                break
+            rounds += 1
+            dropped |= set(out.loc[~keep, "item_id"])
+            out, _ = _kcore(out[keep].reset_index(drop=True), uk, ik)
+    report = _stage_report(
+        "images",
+        df,
+        out,
+        "No item of the k-core has a verified image; check data/08_reporting/image_acquisition_report.json "
+        "(image source reachable?) or drop image from preprocessing.required_modalities.",
+        required=("image" in (required_modalities or [])),
+        items_without_verified_image=len(dropped),
+        rounds=rounds,
+        user_k=int(uk),
+        item_k=int(ik),
     )
     return out, report
 
@@ -323,6 +379,7 @@ def build_dataset_statistics(
     stage_counts_dedup: dict[str, Any],
     stage_counts_completeness: dict[str, Any],
     stage_counts_kcore: dict[str, Any],
+    stage_counts_images: dict[str, Any],
     kcore_interactions: pd.DataFrame,
     dataset_name: str,
 ) -> tuple[dict[str, Any], str]:
@@ -340,7 +397,7 @@ def build_dataset_statistics(
     }
     ts = kcore_interactions["timestamp"]
     stages = [stage_counts_window, stage_counts_categories, stage_counts_dedup, stage_counts_completeness]
-    stages.append(stage_counts_kcore)
+    stages += [stage_counts_kcore, stage_counts_images]
     funnel = [
         {"stage": s["stage"], **s["after"], "removed_interactions": s["removed_interactions"]} for s in stages
     ]
