@@ -3,9 +3,10 @@
 from kedro.config import OmegaConfigLoader
 
 from maf_pipeline.hooks import MlflowReportingHook, mlflow_dir
+from maf_pipeline.profiling import RunProfileHook
 
 # kedro-mlflow registers its own hook (one MLflow run per `kedro run`); this one adds histories and artifacts.
-HOOKS = (MlflowReportingHook(),)
+HOOKS = (MlflowReportingHook(), RunProfileHook())  # RunProfileHook: data/08_reporting/run_profile.json
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
