@@ -55,7 +55,9 @@ def test_hook_writes_a_row_per_node(tmp_path):
     assert rows["grow"]["outputs"]["big"]["bytes"] == (tmp_path / "big.parquet").stat().st_size
     assert rows["grow"]["peak_rss_mb"] >= rows["grow"]["rss_start_mb"] + 50  # the 64 MB were seen
     for row in rows.values():
-        assert row["wall_s"] >= 0 and row["cpu_s"] >= 0
+        assert row["cpu_s"] >= 0
+        assert row["wall_s"] >= row["run_s"] and row["wall_s"] >= row["load_s"] + row["save_s"]
+    assert rows["grow"]["output_bytes"] == rows["grow"]["outputs"]["big"]["bytes"]
     assert profile["status"] == "completed" and profile["run"]["pipeline_name"] == "toy"
     assert profile["process_peak_rss_mb"] >= rows["grow"]["peak_rss_mb"] - 1
 

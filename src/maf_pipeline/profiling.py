@@ -1,12 +1,12 @@
 """Where a run spends its time: a hook that profiles every node (wall, CPU, peak RSS, rows and bytes out).
 
-``RunProfileHook`` records, for each node of a ``kedro run``: wall seconds, CPU seconds of the process (all
-threads), the peak resident memory while the node ran (sampled by a background thread), rows in and out, and
-the size on disk of what it saved. At the end it saves the ``run_profile`` catalog dataset
-(``data/08_reporting/run_profile.json``), and while an MLflow run is active it logs the same figures as
-metrics (``profile.<node>.wall_s``, ...), so every user sees which stage is slow or large. Image transfers
-are reported separately (the ``images`` section, from ``image_acquisition_report``) because they depend on
-the network, not on this code.
+``RunProfileHook`` records, for each node of a ``kedro run``: wall seconds from its first input load to its
+last output save (split into load, run and save), CPU seconds of the process (all threads), the peak
+resident memory meanwhile (sampled by a background thread), rows in and out, and the size on disk of what
+it saved. At the end it saves the ``run_profile`` catalog dataset (``data/08_reporting/run_profile.json``),
+and while an MLflow run is active it logs the same figures as metrics (``profile.<node>.wall_s``, ...), so
+every user sees which stage is slow or large. Image transfers are reported separately (the ``images``
+section, from ``image_acquisition_report``): they depend on the network, not on this code.
 """
 
 from __future__ import annotations
@@ -122,59 +122,84 @@ class RunProfileHook:
         self._sampler = _PeakRss(self.sample_every_s)
         self._sampler.start()
 
+    def _record(self, node: Any) -> dict[str, Any]:
+        """The open record of ``node``, opened on its first input load (so loading is part of the node)."""
+        rec = self._open.get(node.name)
+        if rec is None:
+            rss = self._sampler.reset() if self._sampler else 0
+            now = time.perf_counter()
+            rec = self._open[node.name] = {
+                "node": node,
+                "start": now,
+                "cpu": time.process_time(),
+                "rss_start": rss,
+                "run_start": now,
+                "run_end": now,
+                "saved": 0,
+                "row": {"node": node.name},
+            }
+        return rec
+
+    @hook_impl
+    def before_dataset_loaded(self, dataset_name: str, node: Any) -> None:
+        """Open the node's record before its first input is read."""
+        self._record(node)
+
     @hook_impl
     def before_node_run(self, node: Any, inputs: dict[str, Any]) -> None:
-        """Open the node's record: start times, RSS now, rows of its table inputs."""
-        rss = self._sampler.reset() if self._sampler else 0
-        self._open[node.name] = {
-            "wall": time.perf_counter(),
-            "cpu": time.process_time(),
-            "rss_start": rss,
-            "rows_in": _sum_rows(inputs),
-        }
+        """Inputs are loaded: the function starts now; count the rows of its table inputs."""
+        rec = self._record(node)
+        rec["run_start"] = time.perf_counter()
+        rec["row"]["rows_in"] = _sum_rows(inputs)
 
     @hook_impl
     def after_node_run(self, node: Any, outputs: dict[str, Any]) -> None:
-        """Close the node's record and log it to MLflow while a run is active."""
-        start = self._open.pop(node.name, None)
-        if start is None:
-            return
-        peak = self._sampler.peak() if self._sampler else 0
-        row = {
-            "node": node.name,
-            "wall_s": round(time.perf_counter() - start["wall"], 3),
-            "cpu_s": round(time.process_time() - start["cpu"], 3),
-            "peak_rss_mb": round(peak / MB, 1),
-            "rss_start_mb": round(start["rss_start"] / MB, 1),
-            "rows_in": start["rows_in"],
-            "rows_out": _sum_rows(outputs),
-            "outputs": {name: {"rows": table_rows(data)} for name, data in outputs.items()},
-        }
-        self._nodes.append(row)
+        """The function returned; outputs are saved next (a node without outputs is done)."""
+        rec = self._record(node)
+        rec["run_end"] = time.perf_counter()
+        rec["row"]["rows_out"] = _sum_rows(outputs)
+        rec["row"]["outputs"] = {name: {"rows": table_rows(data)} for name, data in outputs.items()}
         for name, section in self.sections.items():
             if isinstance(outputs.get(name), dict):
                 self._extra[section] = outputs[name]
-        metrics = {
-            metric_key("profile", node.name, key): float(row[key])
-            for key in ("wall_s", "cpu_s", "peak_rss_mb", "rows_out")
-            if row[key] is not None
-        }
-        _log_metrics(metrics)
+        if not node.outputs:
+            self._close(node.name)
 
     @hook_impl
-    def after_dataset_saved(self, dataset_name: str) -> None:
-        """Size on disk of each saved output (a file, or a folder's files)."""
+    def after_dataset_saved(self, dataset_name: str, node: Any) -> None:
+        """Size on disk of each saved output (a file, or a folder's files); the last one closes the node."""
         dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
         path = _local_path(dataset) if dataset is not None else None
-        if path is None or not path.exists():
-            return
-        size = (
-            sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-            if path.is_dir()
-            else path.stat().st_size
+        if path is not None and path.exists():
+            files = path.rglob("*") if path.is_dir() else [path]
+            self._bytes[dataset_name] = sum(p.stat().st_size for p in files if p.is_file())
+        rec = self._open.get(node.name)
+        if rec is not None:
+            rec["saved"] += 1
+            if rec["saved"] >= len(node.outputs):
+                self._close(node.name)
+
+    def _close(self, name: str) -> None:
+        """Finish the node's row (load, run and save seconds, CPU, peak RSS) and log it to MLflow."""
+        rec = self._open.pop(name)
+        now = time.perf_counter()
+        peak = self._sampler.peak() if self._sampler else 0
+        row = rec["row"]
+        row.update(
+            wall_s=round(now - rec["start"], 3),
+            load_s=round(rec["run_start"] - rec["start"], 3),
+            run_s=round(rec["run_end"] - rec["run_start"], 3),
+            save_s=round(now - rec["run_end"], 3),
+            cpu_s=round(time.process_time() - rec["cpu"], 3),
+            peak_rss_mb=round(peak / MB, 1),
+            rss_start_mb=round(rec["rss_start"] / MB, 1),
         )
-        self._bytes[dataset_name] = int(size)
-        _log_metrics({metric_key("profile", "bytes", dataset_name): float(size)})
+        for out, info in row.get("outputs", {}).items():
+            info["bytes"] = self._bytes.get(out)
+        row["output_bytes"] = sum(i["bytes"] or 0 for i in row.get("outputs", {}).values()) or None
+        self._nodes.append(row)
+        keys = ("wall_s", "cpu_s", "peak_rss_mb", "rows_out", "output_bytes")
+        _log_metrics({metric_key("profile", name, k): float(row[k]) for k in keys if row.get(k) is not None})
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -188,10 +213,6 @@ class RunProfileHook:
 
     def profile(self, status: str) -> dict[str, Any]:
         """The run's profile as a JSON-able dict."""
-        for row in self._nodes:
-            for name, out in row["outputs"].items():
-                out["bytes"] = self._bytes.get(name)
-            row["output_bytes"] = sum(o["bytes"] or 0 for o in row["outputs"].values()) or None
         wall0, cpu0 = self._started
         return {
             "status": status,

@@ -125,10 +125,9 @@ def ingest_metadata(
     return items.to_pandas(), report
 
 
-def reviewed_item_ids(interactions: pd.DataFrame) -> pa.Array:
-    """The distinct item ids of ``interactions`` as an Arrow string array (the semi-join's value set)."""
-    ids = interactions["item_id"]
-    return pa.array(pd.unique(ids.to_numpy()), type=pa.string()) if len(ids) else pa.array([], pa.string())
+def reviewed_item_ids(interactions: pd.DataFrame) -> frozenset[str]:
+    """The distinct item ids of ``interactions`` (the semi-join's value set)."""
+    return frozenset(interactions["item_id"].astype(str).unique())
 
 
 def build_ingestion_report(

@@ -103,7 +103,7 @@ def metadata_rows(
     stats: ParseStats,
     row_offset: int,
     categories_cache: dict[tuple, list[str]],
-    wanted_ids: pa.Array | None = None,
+    wanted_ids: frozenset[str] | None = None,
 ) -> tuple[pa.Table, int]:
     """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score).
 
@@ -116,7 +116,9 @@ def metadata_rows(
     _flag_rows(piece, has_id, "missing_field", stats)
     keep = has_id
     if wanted_ids is not None:
-        keep = pc.and_(has_id, pc.is_in(ids, value_set=wanted_ids)).combine_chunks()
+        # a Python set, built once: pc.is_in would hash the whole value set again for every block
+        wanted = np.fromiter((i in wanted_ids for i in ids.to_pylist()), dtype=bool, count=len(ids))
+        keep = pc.and_(has_id, pa.array(wanted))
     table = table.filter(keep)
     not_wanted = count_true(has_id) - table.num_rows
     features = None
