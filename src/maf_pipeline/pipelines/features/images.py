@@ -252,7 +252,7 @@ def list_image_candidates(
     )
     logger.info(
         "Image candidates (%s source, nothing fetched): %d of %d items; %s",
-        *(source, int(table["has_image"].sum()), len(table), dict(sorted(Counter(status).items()))),
+        *(source, int(table["has_image"].sum()), len(table), dict(sorted(Counter(status.tolist()).items()))),
     )
     return table[CANDIDATE_COLUMNS]
 

@@ -49,6 +49,8 @@ def _has_odd_whitespace(data: np.ndarray) -> np.ndarray:
     """Bytes where _WHITESPACE can match: two spaces, \t \n \v \f \r (9..13), or any non-ASCII byte (RE2's
     \\s is ASCII-only, and every non-ASCII space of \\p{Z} and the list is a multi-byte UTF-8 sequence)."""
     return ((data - np.uint8(9)) < 5) | (data >= 128) | _has_double_space(data)
+
+
 _WS_RE = re.compile(r"\s+")
 _ALT_RE = re.compile(r"""alt=["']([^"']*)["']""")
 

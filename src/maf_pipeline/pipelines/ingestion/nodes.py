@@ -70,7 +70,7 @@ def ingest_reviews(
         outside_window=outside,
         date_window={"start": _iso(lo), "end_exclusive": _iso(hi)},
     )
-    return interactions.to_pandas(), report
+    return interactions.to_pandas(self_destruct=True, split_blocks=True), report
 
 
 def ingest_metadata(
@@ -106,6 +106,7 @@ def ingest_metadata(
             if table.num_rows:
                 tables.append(table)
     items = collapse_duplicates(pa.concat_tables(tables)) if tables else ITEMS_SCHEMA.empty_table()
+    del tables  # the pieces; with no duplicates ``items`` shares their buffers
     report = raw.finish(
         stats,
         kept=items.num_rows,
@@ -122,7 +123,8 @@ def ingest_metadata(
             "brand": count_true(pc.not_equal(items["brand"], "")),
         },
     )
-    return items.to_pandas(), report
+    # self_destruct: each Arrow column is freed once converted (a peak of one copy, not two)
+    return items.to_pandas(self_destruct=True, split_blocks=True), report
 
 
 def reviewed_item_ids(interactions: pd.DataFrame) -> frozenset[str]:

@@ -197,13 +197,20 @@ def metadata_rows(
 
 
 def collapse_duplicates(table: pa.Table) -> pa.Table:
-    """One row per item_id: highest completeness score, earliest line among equals; file order is kept."""
+    """One row per item_id: highest completeness score, earliest line among equals; file order is kept.
+
+    Only the three key columns are sorted, and the (large) text columns are copied only when there are
+    duplicates to drop.
+    """
+    keys = table.select(["item_id", "_score", "_row"])
     order = pc.sort_indices(
-        table, sort_keys=[("item_id", "ascending"), ("_score", "descending"), ("_row", "ascending")]
+        keys, sort_keys=[("item_id", "ascending"), ("_score", "descending"), ("_row", "ascending")]
     ).to_numpy()
-    ids = table["item_id"].take(pa.array(order)).combine_chunks()
+    ids = keys["item_id"].take(pa.array(order)).combine_chunks()
     first = np.ones(len(order), dtype=bool)
     if len(order) > 1:
         first[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
-    winners = np.sort(order[first])
-    return table.take(pa.array(winners)).select(ITEMS_SCHEMA.names).cast(ITEMS_SCHEMA)
+    table = table.select(ITEMS_SCHEMA.names)
+    if not first.all():
+        table = table.take(pa.array(np.sort(order[first])))
+    return table.cast(ITEMS_SCHEMA)

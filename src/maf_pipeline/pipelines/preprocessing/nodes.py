@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,19 @@ def _labels(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _non_blank(values: pa.Array) -> np.ndarray:
+    """Per string: holds a non-whitespace character (vectorised ``bool(s.strip())``; null is blank)."""
+    blank = pc.or_kleene(pc.equal(pc.utf8_length(values), 0), pc.utf8_is_space(values))
+    return ~pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
+
+
+def _any_non_blank(lists: pa.ListArray) -> np.ndarray:
+    """Per list of strings: at least one element holds a non-whitespace character."""
+    flat = _non_blank(pc.list_flatten(lists))
+    parents = pc.list_parent_indices(lists).to_numpy()
+    return np.bincount(parents[flat], minlength=len(lists)) > 0
+
+
 def _unique_items(items: pd.DataFrame, wanted: Iterable[str]) -> pd.DataFrame:
     """The rows of ``items`` whose id is in ``wanted``; ``items`` must have unique ids (the contract)."""
     if items["item_id"].duplicated().any():
@@ -166,7 +181,7 @@ def filter_categories(
         return df, report
     wanted = {_normalise_label(label) for label in category_labels}
     present = df["item_id"].unique()
-    meta = _unique_items(items, present)[["item_id", "categories"]]
+    meta = _unique_items(items[["item_id", "categories"]], present)  # not the texts
     exploded = meta.explode("categories").dropna(subset=["categories"])
     raw_labels = exploded["categories"].astype(str)
     matching = [label for label in raw_labels.unique() if _normalise_label(label) in wanted]
@@ -235,7 +250,8 @@ def filter_multimodal_completeness(
         )
     df = interactions.reset_index(drop=True)
     present = pd.Index(df["item_id"].unique())
-    meta = _unique_items(items, present).set_index("item_id")
+    columns = ["item_id"] + [c for c in ("text", "categories") if c in items.columns]
+    meta = _unique_items(items[columns], present).set_index("item_id")  # not the titles and URLs
     has_meta = present.isin(meta.index)
     ok = pd.Series(has_meta, index=present)
     lacking: dict[str, int] = {}
@@ -246,9 +262,10 @@ def filter_multimodal_completeness(
             flags = avail.drop_duplicates("item_id").set_index("item_id")["has_image"].astype(bool)
             has = flags.reindex(meta.index, fill_value=False)
         elif modality == "text":
-            has = meta["text"].fillna("").astype(str).str.strip().str.len() > 0
+            has = pd.Series(_non_blank(pa.array(meta["text"], pa.string())), index=meta.index)
         else:
-            has = meta["categories"].map(lambda c: any(label.strip() for label in _labels(c)))
+            labels = pa.array(meta["categories"].map(_labels), pa.list_(pa.string()))
+            has = pd.Series(_any_non_blank(labels), index=meta.index)
         has = has.reindex(present, fill_value=False).astype(bool)
         lacking[modality] = int((~has & has_meta).sum())
         ok &= has
