@@ -363,8 +363,26 @@ def print_profile(profile: dict, reviews: dict, kedro: tuple[float, float, float
         "data_side_over_reviews_only": round(data_wall / reviews["seconds"], 2),
         "images": images,
     }
+    reports = profile.get("_reports", {})
+    funnel = reports.get("stage_counts_images") or {}
+    acquired, final = funnel.get("before", {}).get("items"), funnel.get("after", {}).get("items")
+    summary.update(
+        items_acquired=acquired,
+        final_items=final,
+        acquired_over_final=round(acquired / final, 3) if acquired and final else None,
+        candidate_items=(reports.get("stage_counts_completeness") or {}).get("after", {}).get("items"),
+        reviews_mb_per_s_in_run=(reports.get("reviews_report") or {}).get("mb_per_s"),
+        metadata_mb_per_s_in_run=(reports.get("metadata_report") or {}).get("mb_per_s"),
+        metadata_seconds_in_run=(reports.get("metadata_report") or {}).get("seconds"),
+    )
     print(
-        f"\nreviews only (same file, same run): {reviews['seconds']:.1f} s, {reviews['mb_per_s']:,.0f} MB/s, "
+        f"\nitems: {summary['candidate_items'] or 0:,} candidates after completeness, "
+        f"{acquired or 0:,} acquired (candidate k-core), {final or 0:,} final = "
+        f"{summary['acquired_over_final']}x; in the run: reviews {summary['reviews_mb_per_s_in_run']} MB/s, "
+        f"metadata {summary['metadata_mb_per_s_in_run']} MB/s ({summary['metadata_seconds_in_run']} s)"
+    )
+    print(
+        f"reviews only (same file, same run): {reviews['seconds']:.1f} s, {reviews['mb_per_s']:,.0f} MB/s, "
         f"peak RSS {reviews['peak_rss_mb']:,.0f} MB"
     )
     print(
@@ -404,7 +422,17 @@ def main() -> None:
     if kedro[3] != 0:
         tail = (project / "kedro_run.log").read_text()[-4000:]
         raise SystemExit(f"kedro run failed ({kedro[3]}):\n{tail}")
-    profile = json.loads((project / "data" / "08_reporting" / "run_profile.json").read_text())
+    reporting = project / "data" / "08_reporting"
+    profile = json.loads((reporting / "run_profile.json").read_text())
+    profile["_reports"] = {
+        name: json.loads((reporting / f"{name}.json").read_text())
+        for name in ("stage_counts_completeness", "stage_counts_images")
+        if (reporting / f"{name}.json").exists()
+    }
+    for kind in ("reviews", "metadata"):
+        path = reporting / "ingestion" / f"{kind}_report.json"
+        if path.exists():
+            profile["_reports"][f"{kind}_report"] = json.loads(path.read_text())
     summary = print_profile(profile, reviews, kedro, info)
     summary["server"] = dict(server.counts)
     (Path(args.data_dir) / f"summary_{args.lines}.json").write_text(json.dumps(summary, indent=2))

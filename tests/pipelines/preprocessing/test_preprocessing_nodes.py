@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maf_pipeline.pipelines.preprocessing.nodes import (
     EmptyStageError,
@@ -346,3 +348,36 @@ def test_dataset_statistics_table_and_funnel():
     assert "| #Avg. Actions/Item | 4.0 |" in table
     assert "| #Interactions | 12 |" in table
     assert "| date_window | 12 | 4 | 3 | 1 |" in table
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2", "007"]), st.sampled_from(["i1", "i2", "0001"]), st.integers(0, 3)
+        ),
+        max_size=30,
+    ),
+    keep=st.sampled_from(["first", "last", "all"]),
+)
+def test_dedup_matches_pandas_duplicated_in_time_order(rows, keep):
+    df = pd.DataFrame(
+        {
+            "user_id": [u for u, _, _ in rows],
+            "item_id": [i for _, i, _ in rows],
+            "rating": np.float32(1),
+            "timestamp": pd.to_datetime([d for _, _, d in rows], unit="D", utc=True),
+        }
+    )
+    if not len(df):
+        return
+    out, report = deduplicate_interactions(df, keep)
+    order = np.lexsort((np.arange(len(df)), np.asarray(df["timestamp"].values).view("int64")))
+    in_time = df.iloc[order]
+    assert report["duplicate_rows"] == int(in_time.duplicated(["user_id", "item_id"]).sum())
+    expected = (
+        df
+        if keep == "all"
+        else df.iloc[np.sort(order[~in_time.duplicated(["user_id", "item_id"], keep=keep).to_numpy()])]
+    )
+    pd.testing.assert_frame_equal(out, expected.reset_index(drop=True))

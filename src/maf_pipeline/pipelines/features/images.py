@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from maf_pipeline.progress import progress
@@ -210,6 +212,28 @@ def _check_source(params: dict[str, Any]) -> str:
     return source
 
 
+def _ids_with_url(items: pd.DataFrame, cfg: dict[str, Any]) -> set[str]:
+    """Ids of items with a non-blank URL among their first ``max_urls_per_item`` (vectorised over Arrow)."""
+    try:
+        urls = pa.array(items["image_urls"], pa.list_(pa.string()), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # odd cells: the per-item rule
+        return {
+            i
+            for i, u in zip(items["item_id"].astype(str), items["image_urls"], strict=True)
+            if _candidate_urls(u, cfg)
+        }
+    urls = pc.list_slice(urls, 0, int(cfg["max_urls_per_item"]))
+    flat = pc.list_flatten(urls)
+    blank = pc.fill_null(pc.or_kleene(pc.equal(pc.utf8_length(flat), 0), pc.utf8_is_space(flat)), True)
+    parents = pc.list_parent_indices(urls).to_numpy()
+    has = np.bincount(parents[~blank.to_numpy(zero_copy_only=False)], minlength=len(urls)) > 0
+    return set(items["item_id"].astype(str).to_numpy()[has])
+
+
+def _member(values: pd.Index, wanted: set[str]) -> np.ndarray:
+    return np.fromiter((v in wanted for v in values), dtype=bool, count=len(values))
+
+
 def _require_folder(local_images: ImageFolder) -> None:
     if not local_images.exists():
         raise FileNotFoundError(
@@ -237,12 +261,10 @@ def list_image_candidates(
     item_ids = pd.Index(interactions["item_id"].astype(str).unique()).sort_values()
     if source == "local":
         _require_folder(local_images)
-        status = np.where(item_ids.isin(list(local_images.ids())), "local_file", "no_file")
+        status = np.where(_member(item_ids, local_images.ids()), "local_file", "no_file")
     else:
-        url_map = dict(zip(items["item_id"].astype(str), items["image_urls"], strict=True))
-        has_url = [bool(_candidate_urls(url_map.get(i), params["download"])) for i in item_ids]
-        status = np.where(has_url, "url", "no_url")
-    status = np.where(item_ids.isin(list(image_store.ids())), "stored", status)
+        status = np.where(_member(item_ids, _ids_with_url(items, params["download"])), "url", "no_url")
+    status = np.where(_member(item_ids, image_store.ids()), "stored", status)
     table = pd.DataFrame(
         {
             "item_id": item_ids.astype(str),

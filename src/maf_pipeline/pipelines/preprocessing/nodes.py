@@ -92,6 +92,21 @@ def _conform(interactions: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _codes(ids: pd.Series) -> np.ndarray:
+    """Integer codes of string ids (Arrow dictionary encoding: far faster than hashing pandas strings)."""
+    encoded = pc.dictionary_encode(_arrow_strings(ids))
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _arrow_strings(values: Iterable[Any]) -> pa.Array:
+    """Ids as one Arrow string array (pandas' Arrow-backed columns convert without copying)."""
+    if not isinstance(values, pd.Series | pd.Index | np.ndarray | list):
+        values = list(values)
+    array = pa.array(values, from_pandas=True)
+    array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    return array if array.type == pa.string() else pc.cast(array, pa.string())
+
+
 def _timestamp_int(timestamps: pd.Series) -> np.ndarray:
     """UTC timestamps as int64 ticks (one unit per column), for sorting."""
     return np.asarray(timestamps.dt.tz_convert("UTC").values).view("int64")
@@ -122,14 +137,31 @@ def _any_non_blank(lists: pa.ListArray) -> np.ndarray:
     return np.bincount(parents[flat], minlength=len(lists)) > 0
 
 
+def isin(values: Iterable[Any], wanted: Iterable[Any]) -> np.ndarray:
+    """Boolean mask: which ``values`` (ids, as strings) are in ``wanted``, hashed by Arrow.
+
+    Not ``Series.isin``: for pandas' Arrow-backed strings it builds one Python scalar per wanted value
+    (seconds for the 300k items of a real category), and ``Series.map`` goes through a slow indexer.
+    """
+
+    found = pc.is_in(_arrow_strings(values), value_set=_arrow_strings(wanted))
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+
+def _label_lists(categories: pd.Series) -> pa.ListArray:
+    """A ``categories`` column as Arrow lists of strings (cells: lists, numpy arrays or missing)."""
+    try:
+        return pa.array(categories, pa.list_(pa.string()), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # odd cells (numbers): the per-row path
+        return pa.array(categories.map(_labels), pa.list_(pa.string()))
+
+
 def _unique_items(items: pd.DataFrame, wanted: Iterable[str]) -> pd.DataFrame:
     """The rows of ``items`` whose id is in ``wanted``; ``items`` must have unique ids (the contract)."""
     if items["item_id"].duplicated().any():
         dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
         raise ValueError(f"items must have unique item_id (ingestion collapses repeats); {dup!r} repeats")
-    return items[items["item_id"].astype(str).isin(pd.Index(wanted))].assign(
-        item_id=lambda d: d["item_id"].astype(str)
-    )
+    return items[isin(items["item_id"], wanted)].assign(item_id=lambda d: d["item_id"].astype(str))
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -186,8 +218,8 @@ def filter_categories(
     raw_labels = exploded["categories"].astype(str)
     matching = [label for label in raw_labels.unique() if _normalise_label(label) in wanted]
     kept_items = exploded.loc[raw_labels.isin(matching), "item_id"].unique()
-    out = df[df["item_id"].isin(kept_items)].reset_index(drop=True)
-    no_meta = int((~pd.Index(present).isin(meta["item_id"])).sum())
+    out = df[isin(df["item_id"], kept_items)].reset_index(drop=True)
+    no_meta = int((~isin(present, meta["item_id"])).sum())
     report = _stage_report(
         "category",
         df,
@@ -211,14 +243,17 @@ def deduplicate_interactions(interactions: pd.DataFrame, keep: str) -> tuple[pd.
         raise ValueError(f"preprocessing.dedup_keep must be one of {DEDUP_KEEP}, got {keep!r}")
     df = interactions.reset_index(drop=True)
     order = np.lexsort((np.arange(len(df)), _timestamp_int(df["timestamp"])))
-    in_time = df.iloc[order]
-    repeated = in_time.duplicated(["user_id", "item_id"], keep="first").to_numpy()
-    duplicate_rows = int(repeated.sum())
+    users, items = (_codes(df[c]) for c in ("user_id", "item_id"))
+    pairs = (users * (int(items.max(initial=0)) + 1) + items)[order]  # one int64 key per (user, item)
+    _, first = np.unique(pairs, return_index=True)  # position in time order of each pair's first row
+    duplicate_rows = len(df) - len(first)
     if keep == "all":
         out = df
     else:
-        dropped = in_time.duplicated(["user_id", "item_id"], keep=keep).to_numpy()
-        out = df.iloc[np.sort(order[~dropped])].reset_index(drop=True)
+        if keep == "last":
+            _, from_end = np.unique(pairs[::-1], return_index=True)
+            first = len(pairs) - 1 - from_end
+        out = df.iloc[np.sort(order[first])].reset_index(drop=True)
     report = _stage_report(
         "dedup",
         df,
@@ -250,26 +285,24 @@ def filter_multimodal_completeness(
         )
     df = interactions.reset_index(drop=True)
     present = pd.Index(df["item_id"].unique())
-    columns = ["item_id"] + [c for c in ("text", "categories") if c in items.columns]
-    meta = _unique_items(items[columns], present).set_index("item_id")  # not the titles and URLs
-    has_meta = present.isin(meta.index)
-    ok = pd.Series(has_meta, index=present)
+    _unique_items(items[["item_id"]], ())  # the unique-id check
+    # per-item flags over the items table itself (vectorised; no copy of the texts)
+    ids = items["item_id"].astype(str).to_numpy()
+    relevant = isin(ids, present)  # items that are reviewed here
+    has_meta = isin(present, ids)
+    keep = relevant.copy()
     lacking: dict[str, int] = {}
-    meta = meta.reindex(present[has_meta])
     for modality in required:
         if modality == "image":
-            avail = image_availability.assign(item_id=image_availability["item_id"].astype(str))
-            flags = avail.drop_duplicates("item_id").set_index("item_id")["has_image"].astype(bool)
-            has = flags.reindex(meta.index, fill_value=False)
+            has = isin(ids, image_availability.loc[image_availability["has_image"].astype(bool), "item_id"])
         elif modality == "text":
-            has = pd.Series(_non_blank(pa.array(meta["text"], pa.string())), index=meta.index)
+            has = _non_blank(pa.array(items["text"], pa.string(), from_pandas=True))
         else:
-            labels = pa.array(meta["categories"].map(_labels), pa.list_(pa.string()))
-            has = pd.Series(_any_non_blank(labels), index=meta.index)
-        has = has.reindex(present, fill_value=False).astype(bool)
-        lacking[modality] = int((~has & has_meta).sum())
-        ok &= has
-    out = df[df["item_id"].map(ok).to_numpy(dtype=bool)].reset_index(drop=True)
+            has = _any_non_blank(_label_lists(items["categories"]))
+        lacking[modality] = int((relevant & ~has).sum())
+        keep &= has
+    ok = isin(present, ids[keep])
+    out = df[isin(df["item_id"], present[ok])].reset_index(drop=True)
     missing_items = present[~has_meta]
     report = _stage_report(
         "completeness",
@@ -279,7 +312,7 @@ def filter_multimodal_completeness(
         "preprocessing.required_modalities.",
         required_modalities=required,
         items_without_metadata=len(missing_items),
-        interactions_without_metadata=int(df["item_id"].isin(missing_items).sum()),
+        interactions_without_metadata=int(isin(df["item_id"], missing_items).sum()),
         items_lacking=lacking,
     )
     return out, report
@@ -358,7 +391,7 @@ def filter_verified_images(
         flags = image_availability.drop_duplicates("item_id")
         verified = pd.Index(flags.loc[flags["has_image"].astype(bool), "item_id"].astype(str))
         while True:
-            keep = out["item_id"].isin(verified).to_numpy()
+            keep = isin(out["item_id"], verified)
             if keep.all():
                 break
             rounds += 1
