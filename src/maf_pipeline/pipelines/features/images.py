@@ -259,12 +259,14 @@ def list_image_candidates(
     """
     source = _check_source(params)
     item_ids = pd.Index(interactions["item_id"].astype(str).unique()).sort_values()
+    stored = _member(item_ids, image_store.ids())
     if source == "local":
-        _require_folder(local_images)
+        if not stored.all():
+            _require_folder(local_images)
         status = np.where(_member(item_ids, local_images.ids()), "local_file", "no_file")
     else:
         status = np.where(_member(item_ids, _ids_with_url(items, params["download"])), "url", "no_url")
-    status = np.where(_member(item_ids, image_store.ids()), "stored", status)
+    status = np.where(stored, "stored", status)
     table = pd.DataFrame(
         {
             "item_id": item_ids.astype(str),
