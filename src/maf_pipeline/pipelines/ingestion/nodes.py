@@ -7,6 +7,7 @@ line numbers. ``rows.py`` maps the parsed pieces onto the contract columns.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ import pyarrow.compute as pc
 if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch (~600 MB of RSS)
     from maf_pipeline.datasets import RawSource
 
-from .formats import METADATA_SCHEMAS, REVIEW_FORMATS
+from .formats import METADATA_ID, METADATA_SCHEMAS, REVIEW_FORMATS, ReviewFormat
 from .reader import RawFile
 from .rows import (
     INTERACTIONS_SCHEMA,
@@ -27,7 +28,7 @@ from .rows import (
     metadata_rows,
     review_rows,
 )
-from .stream import BlockParser, ParseStats
+from .stream import INVALID_UTF8_POLICIES, BlockParser, ParseStats
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "parse_threads": 2,
     "detect_lines": 20,
     "first_bad_lines": 10,
+    "invalid_utf8": "replace",
+    "timestamp_unit": None,
     "metadata": {"upgrade_thumbnails": True, "main_category_fallback": False, "include_features": False},
 }
 
@@ -57,7 +60,15 @@ def ingest_reviews(
     outside = 0
     with RawFile(raw_reviews, cfg, "reviews") as raw:
         fmt = REVIEW_FORMATS[raw.format]
-        parser = BlockParser(fmt.schema, stats, threads=int(cfg["parse_threads"]))
+        if cfg["timestamp_unit"] is not None:
+            fmt = dataclasses.replace(fmt, time_unit=cfg["timestamp_unit"])
+        parser = BlockParser(
+            fmt.schema,
+            stats,
+            threads=int(cfg["parse_threads"]),
+            id_fields=(fmt.user, fmt.item),
+            invalid_utf8=cfg["invalid_utf8"],
+        )
         for piece in raw.pieces(parser):
             table, n_outside = review_rows(piece, fmt, lo, hi, stats)
             outside += n_outside
@@ -66,7 +77,9 @@ def ingest_reviews(
     interactions = pa.concat_tables(tables) if tables else INTERACTIONS_SCHEMA.empty_table()
     report = raw.finish(
         stats,
+        hint=timestamp_hint(stats, fmt),
         kept=interactions.num_rows,
+        timestamp_unit=fmt.time_unit,
         outside_window=outside,
         date_window={"start": _iso(lo), "end_exclusive": _iso(hi)},
     )
@@ -97,6 +110,8 @@ def ingest_metadata(
             allow_literals=raw.format == "2014",
             arrow_first=not raw.python_literals,
             threads=int(cfg["parse_threads"]),
+            id_fields=(METADATA_ID[raw.format],),
+            invalid_utf8=cfg["invalid_utf8"],
         )
         categories_cache: dict[tuple, list[str]] = {}
         for piece in raw.pieces(parser):
@@ -156,6 +171,18 @@ def build_ingestion_report(
     return {"files": {"reviews": reviews_report, "metadata": metadata_report}, "summary": summary}
 
 
+def timestamp_hint(stats: ParseStats, fmt: ReviewFormat) -> str:
+    """Why the timestamps were unusable, when their values say it: milliseconds read as seconds."""
+    values = [v for v in stats.field_values.get(fmt.time, []) if isinstance(v, int | float)]
+    if fmt.time_unit == "s" and values and all(1e11 <= abs(v) < 1e14 for v in values):
+        example = pd.Timestamp(int(values[0]), unit="ms", tz="UTC").date()
+        return (
+            f"the {fmt.time} values look like milliseconds since the epoch (e.g. {int(values[0])} = "
+            f"{example} in ms), but format {fmt.name} counts seconds: set ingestion.timestamp_unit: ms"
+        )
+    return ""
+
+
 def window_bounds(date_window: dict[str, Any] | None) -> tuple[int | None, int | None]:
     """The window as (start inclusive, end exclusive) in ns since the epoch, UTC; ``None`` for an open side.
 
@@ -187,4 +214,10 @@ def _settings(params: dict[str, Any] | None) -> dict[str, Any]:
     cfg = {**DEFAULTS, **(params or {})}
     if not 0 <= float(cfg["max_bad_fraction"]) <= 1:
         raise ValueError(f"ingestion.max_bad_fraction must be within [0, 1], got {cfg['max_bad_fraction']}")
+    if cfg["timestamp_unit"] not in (None, "s", "ms"):
+        raise ValueError(f"ingestion.timestamp_unit must be null, s or ms, got {cfg['timestamp_unit']!r}")
+    if cfg["invalid_utf8"] not in INVALID_UTF8_POLICIES:
+        raise ValueError(
+            f"ingestion.invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {cfg['invalid_utf8']!r}"
+        )
     return cfg

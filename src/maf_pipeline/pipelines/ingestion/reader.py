@@ -16,7 +16,16 @@ import fsspec
 from maf_pipeline.progress import progress
 
 from .formats import detect_format, resolve_format
-from .stream import Block, BlockParser, BlockReader, IngestionError, ParseStats, Piece, first_records
+from .stream import (
+    SKIP_REASONS,
+    Block,
+    BlockParser,
+    BlockReader,
+    IngestionError,
+    ParseStats,
+    Piece,
+    first_records,
+)
 
 if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch (~600 MB of RSS)
     from maf_pipeline.datasets import RawSource
@@ -87,30 +96,45 @@ class RawFile:
                 bar.update(block.compressed_pos - done)
                 done = block.compressed_pos
 
-    def finish(self, stats: ParseStats, *, kept: int, **extra: Any) -> dict[str, Any]:
-        """Check the bad-line share, log, and return the per-file report."""
+    def finish(self, stats: ParseStats, *, kept: int, hint: str = "", **extra: Any) -> dict[str, Any]:
+        """Check the bad-line share, log, and return the per-file report.
+
+        ``hint`` (the likely cause of bad values, e.g. milliseconds read as seconds) ends the messages.
+        """
         name = self.source.name
         seconds = time.perf_counter() - self._started
         if stats.lines == 0:
             raise IngestionError(f"{name}: the file is empty (no non-blank lines)")
         skipped = stats.skipped_total
         share = skipped / stats.lines
-        reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(stats.skipped.items()))
+        reasons = ", ".join(
+            f"{k}: {v:,}" + _fields_note(stats.fields.get(k)) for k, v in sorted(stats.skipped.items())
+        )
         first_bad = [line for line, _ in stats.examples]
+        hint = f"; {hint}" if hint else ""
         if skipped:
             logger.warning(
-                "%s: skipped %d of %d lines (%s); first bad lines: %s",
+                "%s: skipped %d of %d lines (%s); first bad lines: %s%s",
                 name,
                 skipped,
                 stats.lines,
                 reasons,
                 first_bad,
+                hint,
+            )
+        if stats.repaired:
+            logger.warning(
+                "%s: %d lines had invalid UTF-8 in text fields, replaced by U+FFFD "
+                "(ingestion.invalid_utf8: replace); first such lines: %s",
+                name,
+                stats.repaired,
+                stats.repaired_examples,
             )
         limit = float(self.cfg["max_bad_fraction"])
         if share > limit:
             raise IngestionError(
                 f"{name}: {skipped:,} of {stats.lines:,} lines ({share:.2%}) are unusable ({reasons}), "
-                f"more than ingestion.max_bad_fraction = {limit:.2%}; first bad lines: {first_bad}"
+                f"more than ingestion.max_bad_fraction = {limit:.2%}; first bad lines: {first_bad}{hint}"
             )
         mb = self.reader.bytes_out / 1e6
         report = {
@@ -122,9 +146,11 @@ class RawFile:
             "compression": self.reader.compression,
             "lines_read": stats.lines,
             "kept": kept,
-            "skipped": {k: stats.skipped.get(k, 0) for k in ("malformed", "missing_field", "bad_value")},
+            "skipped": {k: stats.skipped.get(k, 0) for k in SKIP_REASONS},
             "skipped_share": round(share, 6),
+            "skipped_fields": {k: dict(v) for k, v in sorted(stats.fields.items())},
             "first_bad_lines": [{"line": line, "reason": reason} for line, reason in stats.examples],
+            "invalid_utf8_replaced": {"lines": stats.repaired, "first_lines": stats.repaired_examples},
             **extra,
             "compressed_bytes": self.reader.bytes_in,
             "uncompressed_bytes": self.reader.bytes_out,
@@ -142,6 +168,13 @@ class RawFile:
             report["mb_per_s"] or 0,
         )
         return report
+
+
+def _fields_note(fields: dict[str, int] | None) -> str:
+    """ " in field x: n, y: m" for a reason's per-field counts (empty when unknown)."""
+    if not fields:
+        return ""
+    return " in " + ", ".join(f"{k}: {v:,}" for k, v in sorted(fields.items(), key=lambda kv: -kv[1]))
 
 
 def _chain(first: Block, rest: Iterator[Block]) -> Iterator[Block]:

@@ -53,10 +53,12 @@ def _present(ids: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def _flag_rows(piece: Piece, ok: pa.Array, reason: str, stats: ParseStats) -> None:
-    """Count the rows where ``ok`` is false as bad lines of ``reason`` (line numbers while still wanted)."""
+    """Count the rows where ``ok`` is false as bad lines of ``reason`` (line numbers when among the first)."""
     bad = np.flatnonzero(~ok.to_numpy(zero_copy_only=False))
     if len(bad):
-        numbers = piece.line_numbers()[bad[: stats.max_examples]] if stats.wants_examples else []
+        # first_line + row index is a lower bound of the first bad line number (blank lines only add)
+        wanted = stats.wants_example(piece.first_line + int(bad[0]))
+        numbers = piece.line_numbers()[bad[: stats.max_examples]] if wanted else []
         stats.bad(reason, numbers, count=len(bad))
 
 
@@ -70,10 +72,19 @@ def review_rows(
         pc.and_(_present(user), _present(item)), pc.and_(pc.is_valid(rating), pc.is_valid(stamp))
     ).combine_chunks()
     _flag_rows(piece, complete, "missing_field", stats)
+    if count_true(complete) < len(complete):
+        checks = zip(fmt.keys, (user, item, rating, stamp), (True, True, False, False), strict=True)
+        for key, column, is_id in checks:
+            ok = _present(column) if is_id else pc.is_valid(column)
+            if n_missing := len(column) - count_true(ok):
+                stats.bad_field("missing_field", key, n_missing)
     per_unit = _NS_PER_UNIT[fmt.time_unit]
     limit = _INT64_MAX // per_unit
     in_range = pc.fill_null(pc.and_(pc.greater_equal(stamp, -limit), pc.less_equal(stamp, limit)), False)
-    _flag_rows(piece, pc.or_(pc.invert(complete), in_range).combine_chunks(), "bad_value", stats)
+    usable = pc.or_(pc.invert(complete), in_range).combine_chunks()
+    _flag_rows(piece, usable, "bad_value", stats)
+    if n_bad := len(usable) - count_true(usable):
+        stats.bad_field("bad_value", fmt.time, n_bad, stamp.filter(pc.invert(usable)).slice(0, 5).to_pylist())
     valid = pc.and_(complete, in_range)
     keep = valid
     if lo is not None:
