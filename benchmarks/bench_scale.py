@@ -322,8 +322,11 @@ def run_kedro(project: Path, args: list[str]) -> tuple[float, float, float, int]
     cmd = [sys.executable, "-m", "kedro", *args]
     log = open(project / "kedro_run.log", "w")  # noqa: SIM115 - closed below
     started = time.perf_counter()
+    # one MLflow store for all runs (as a user has): creating a fresh store is no part of the data side
+    mlflow_dir = project.parent.parent / "mlflow"
+    mlflow_dir.mkdir(exist_ok=True)
     proc = subprocess.Popen(
-        cmd, cwd=project, env=_env({"MAF_MLFLOW_DIR": str(project)}), stdout=log, stderr=subprocess.STDOUT
+        cmd, cwd=project, env=_env({"MAF_MLFLOW_DIR": str(mlflow_dir)}), stdout=log, stderr=subprocess.STDOUT
     )
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
