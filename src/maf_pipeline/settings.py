@@ -4,11 +4,13 @@ from kedro.config import OmegaConfigLoader
 
 from maf_pipeline.distributed import RankZeroWritesHook, rank_mlflow_dir
 from maf_pipeline.hooks import MlflowReportingHook, mlflow_dir
+from maf_pipeline.profiling import RunProfileHook
 
 # kedro-mlflow registers its own hook (one MLflow run per `kedro run`); this one adds histories and artifacts.
 # Under torchrun (one training on several GPUs) only rank 0 writes datasets and tracks to the project store.
 rank_mlflow_dir()
-HOOKS = (MlflowReportingHook(), RankZeroWritesHook())
+# RunProfileHook: data/08_reporting/run_profile.json
+HOOKS = (MlflowReportingHook(), RunProfileHook(), RankZeroWritesHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
