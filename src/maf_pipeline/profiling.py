@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 from kedro.framework.hooks import hook_impl
 
+from maf_pipeline.distributed import launch_rank
 from maf_pipeline.hooks import _local_path, metric_key
 
 logger = logging.getLogger(__name__)
@@ -231,8 +232,8 @@ class RunProfileHook:
         self._sampler.stop()
         profile = self.profile(status)
         self._sampler = None
-        if self._catalog is None or self.dataset not in self._catalog:
-            return
+        if self._catalog is None or self.dataset not in self._catalog or launch_rank() > 0:
+            return  # under torchrun only rank 0 writes, like every other output
         try:
             self._catalog.save(self.dataset, profile)
         except Exception:  # profiling must never fail a run
