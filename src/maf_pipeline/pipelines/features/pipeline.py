@@ -7,12 +7,11 @@ output of one node, and both stores must be read and grown by the same node, ite
 from kedro.pipeline import Node, Pipeline
 
 from .images import acquire_images, list_image_candidates
-from .nodes import build_features_manifest, encode_categories, encode_images, encode_texts
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """Image candidates (for the completeness filter), images for the k-core survivors (before
-    ``filter_verified_images``), then the encoders once ``item_index`` is fixed."""
+def create_image_pipeline() -> Pipeline:
+    """Image candidates (for the completeness filter), then images for the k-core survivors (before
+    ``filter_verified_images``): part of the data side, which needs no torch."""
     return Pipeline(
         [
             Node(
@@ -39,6 +38,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs=["image_availability", "image_acquisition_report"],
                 name="acquire_images",
             ),
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """The image nodes, then the encoders once ``item_index`` is fixed."""
+    # imported here: the encoders pull in torch (~500 MB of RSS), which the data side (``data`` pipeline,
+    # built from create_image_pipeline) must not pay for
+    from .nodes import build_features_manifest, encode_categories, encode_images, encode_texts
+
+    return create_image_pipeline() + Pipeline(
+        [
             Node(
                 encode_images,
                 inputs=[
