@@ -10,7 +10,7 @@ import functools
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -18,10 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# Imported at run time (no torch: SafetensorsDataset is lazy) so Kedro can resolve the node type hints.
+from maf_pipeline.datasets.raw_file import RawSource
 from maf_pipeline.progress import progress
-
-if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch (~600 MB of RSS)
-    from maf_pipeline.datasets import RawSource
 
 from .cleaning import (
     clean_path,
