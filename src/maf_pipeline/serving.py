@@ -8,7 +8,8 @@ using a model works without Kedro:
 
 Input: a table with a ``user_id`` column (a user the model was trained on: the recommendations follow their
 whole history, as in the ``recommend`` pipeline) and/or a ``history`` column (a list of raw item ids, oldest
-first); a row with a history uses it. Output: one row per recommendation, ``request`` (the input row),
+first); a row with a non-empty history uses it. In a JSON request give every row both keys, null for the
+one not used (``{"user_id": "A3...", "history": null}``), or send rows of one kind only. Output: one row per recommendation, ``request`` (the input row),
 ``user_id``, ``rank``, ``item_id``, ``title``, ``score``. ``k`` and ``exclude_seen`` are inference params.
 
 The model folder holds everything it needs (no network, no project checkout): the weights as safetensors
@@ -94,7 +95,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
             pd.read_parquet(paths["item_index"]),
             pd.read_parquet(paths["items"]),
             {
-                u: np.asarray(h, dtype=np.int64)
+                u: np.array(h, dtype=np.int64)
                 for u, h in zip(histories["user_id"], histories["items"], strict=True)
             },
         )
@@ -116,7 +117,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         requests, users, histories = [], [], []
         for row, record in enumerate(frame.to_dict("records")):
             history, user = record.get("history"), record.get("user_id")
-            if history is not None and not (isinstance(history, float) and np.isnan(history)):
+            if isinstance(history, list | tuple | np.ndarray) and len(history):
                 ids = [str(i) for i in history]
                 known = [rec.index_of[i] for i in ids if i in rec.index_of]
                 if len(known) < len(ids):
