@@ -215,6 +215,11 @@ def test_a_failing_run_ends_its_mlflow_run_as_failed(tmp_path: Path, mlflow_dir:
     assert run.info.status == "FAILED"
 
 
+def _default_sigint() -> None:
+    """A child of a background job inherits SIGINT ignored; give the run the default (KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_an_interrupted_run_ends_its_mlflow_run_as_killed(
@@ -242,7 +247,9 @@ def test_an_interrupted_run_ends_its_mlflow_run_as_killed(
             "--env=sample",
             f"--params={params}",
         ]
-        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_default_sigint
+        )
         try:
             deadline = time.monotonic() + 240
             while "epoch 2/500" not in log.read_text():  # inside the training node

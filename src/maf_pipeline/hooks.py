@@ -200,10 +200,8 @@ class MlflowReportingHook:
         uri, run_id = self._run
         self._run = None
         try:
-            while (active := mlflow.active_run()) is not None:
+            while mlflow.active_run() is not None:  # kedro-mlflow may have pushed the run more than once
                 mlflow.end_run("KILLED")
-                if active.info.run_id == run_id:
-                    break
             MlflowClient(uri).set_terminated(run_id, "KILLED")
             logger.warning("run interrupted: MLflow run %s ended as KILLED", run_id)
         except Exception:

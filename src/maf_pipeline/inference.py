@@ -74,7 +74,7 @@ def top_k(
     items_out = np.zeros((len(histories), k), dtype=np.int64)
     scores_out = np.full((len(histories), k), -np.inf, dtype=np.float32)
     for start in range(0, len(histories), batch_size):
-        chunk = [np.asarray(h, dtype=np.int64) for h in histories[start : start + batch_size]]
+        chunk = [np.array(h, dtype=np.int64) for h in histories[start : start + batch_size]]  # writable
         seq = torch.from_numpy(pad_right(chunk, max_len)).to(device)
         scores = model.full_sort_scores(seq).float()
         scores[:, 0] = float("-inf")

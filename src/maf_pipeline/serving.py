@@ -9,8 +9,9 @@ using a model works without Kedro:
 Input: a table with a ``user_id`` column (a user the model was trained on: the recommendations follow their
 whole history, as in the ``recommend`` pipeline) and/or a ``history`` column (a list of raw item ids, oldest
 first); a row with a non-empty history uses it. In a JSON request give every row both keys, null for the
-one not used (``{"user_id": "A3...", "history": null}``), or send rows of one kind only. Output: one row per recommendation, ``request`` (the input row),
-``user_id``, ``rank``, ``item_id``, ``title``, ``score``. ``k`` and ``exclude_seen`` are inference params.
+one not used (``{"user_id": "A3...", "history": null}``), or send rows of one kind only. Output: one row
+per recommendation, ``request`` (the input row), ``user_id``, ``rank``, ``item_id``, ``title``, ``score``.
+``k`` and ``exclude_seen`` are inference params.
 
 The model folder holds everything it needs (no network, no project checkout): the weights as safetensors
 (with the model config in their metadata), the id maps, titles, the users' histories, the feature tables the

@@ -1,10 +1,9 @@
 """Project settings: the config loader and where session data lives."""
 
-import warnings
-
 from kedro.config import OmegaConfigLoader
 
 from maf_pipeline.hooks import MlflowReportingHook, ParameterSchemaHook, mlflow_dir
+from maf_pipeline.log_filters import ignore_library_notices
 
 # kedro-mlflow registers its own hook (one MLflow run per `kedro run`); MlflowReportingHook adds histories,
 # artifacts and the MLflow Model. ParameterSchemaHook checks the parameters (maf_pipeline/parameters.py)
@@ -12,13 +11,8 @@ from maf_pipeline.hooks import MlflowReportingHook, ParameterSchemaHook, mlflow_
 # is not used: nodes take plain dicts, so conf/logging.yml quiets its "No typed parameter requirements" line.
 HOOKS = (ParameterSchemaHook(), MlflowReportingHook())
 
-# A run's log holds only warnings a user must act on. Library notices printed on every run that no user can
-# act on are dropped: omegaconf 2.4's deprecation of register_new_resolver (called inside kedro and
-# kedro-mlflow), and MLflow's hint that kedro-mlflow's KedroPipelineModel (unused here) has untyped predict.
-warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
-warnings.filterwarnings(
-    "ignore", message=r"(\x1b\[\d+m)?Add type hints to the `predict` method", category=UserWarning
-)
+# Library notices no user can act on stay out of the run log (conf/logging.yml does the same earlier on).
+ignore_library_notices()
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
