@@ -80,6 +80,8 @@ class Ingestion(Block):
     parse_threads: PositiveInt = 2
     detect_lines: PositiveInt = 20
     first_bad_lines: NonNegativeInt = 10
+    invalid_utf8: Literal["replace", "skip"] = "replace"
+    timestamp_unit: Literal["s", "ms"] | None = None
     metadata: IngestionMetadata = IngestionMetadata()
     interaction_only: InteractionOnly = InteractionOnly()
 
@@ -115,11 +117,13 @@ class Download(Block):
     user_agent: str = ""
     probe_timeout_s: PositiveFloat = 3
     on_unreachable: Literal["fail", "mark_missing"] = "fail"
+    allowed_hosts: list[str] = []
 
 
 class Images(Block):
     source: Literal["local", "url"] = "local"
     download: Download = Download()
+    lock_wait_s: NonNegativeFloat | None = 0
 
 
 class Encoder(Block):
@@ -157,6 +161,7 @@ class Categories(Block):
 class Cache(Block):
     enabled: bool = True
     flush_every: PositiveInt = 1024
+    lock_wait_s: NonNegativeFloat | None = 0
 
 
 class Features(Block):
@@ -188,6 +193,7 @@ class Training(Block):
     num_threads: PositiveInt | None = None
     checkpoint_dir: str = "data/06_models/checkpoints"
     keep_checkpoint: bool = False
+    lock_wait_s: NonNegativeFloat | None = 0
 
 
 class Evaluation(Block):

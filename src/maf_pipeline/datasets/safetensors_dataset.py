@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +10,16 @@ import torch
 from kedro.io import AbstractDataset, DatasetError
 from safetensors.torch import load_file, save_file
 
+from maf_pipeline.locks import atomic_write
+
 _META_KEY = "__metadata__"
 
 
 class SafetensorsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     """Saves and loads ``dict[str, Tensor]``; an optional ``"__metadata__"`` entry (a JSON-able dict) too.
 
-    Writes are atomic (temporary file then rename) so a killed run never leaves a half-written artifact.
+    Writes are atomic (a temporary file of a unique name, then rename) so a killed run never leaves a
+    half-written artifact; the file's mode follows the umask like the other writers'.
     """
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
@@ -44,15 +45,8 @@ class SafetensorsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         if len(tensors) != len(data):
             bad = sorted(set(data) - set(tensors))
             raise DatasetError(f"SafetensorsDataset can only save tensors; not tensors: {bad}")
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._filepath.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=None if meta is None else {"json": json.dumps(meta)})
-            os.replace(tmp, self._filepath)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        metadata = None if meta is None else {"json": json.dumps(meta)}
+        atomic_write(self._filepath, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
     def _exists(self) -> bool:
         return self._filepath.exists()

@@ -101,6 +101,7 @@ def dl(params) -> dict:
     """Download settings made fast: short timeouts, tiny backoff, 100 kB cap."""
     d = dict(params["images"]["download"])
     d.update(timeout_s=0.3, deadline_s=5, retries=3, backoff_s=0.01, backoff_max_s=0.02, max_bytes=100_000)
+    d["allowed_hosts"] = ["127.0.0.1"]  # the local test server (loopback is refused by default)
     return d
 
 

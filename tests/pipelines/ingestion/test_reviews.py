@@ -65,7 +65,7 @@ def test_each_format_plain_and_gzip(write_raw, fmt, make, suffix):
     assert report["format_detected"] == fmt
     assert report["compression"] == ("gzip" if suffix.endswith(".gz") else "none")
     assert (report["lines_read"], report["kept"], report["outside_window"]) == (3, 3, 0)
-    assert report["skipped"] == {"malformed": 0, "missing_field": 0, "bad_value": 0}
+    assert report["skipped"] == {"malformed": 0, "missing_field": 0, "bad_value": 0, "bad_encoding": 0}
     assert report["file"] == source.name
 
 
@@ -175,7 +175,7 @@ def test_missing_fields_and_bad_values_are_counted_with_line_numbers(write_raw):
     string_rating = review_2018("STR", "B1", "4.0", T2016)  # lenient: a numeric string is a number
     records = [*good[:5], no_user, no_time, empty_asin, null_rating, bad_rating, string_rating, *good[5:]]
     frame, report = ingest_reviews(write_raw("r.json", records), {"max_bad_fraction": 0.05}, OPEN_WINDOW)
-    assert report["skipped"] == {"malformed": 0, "missing_field": 4, "bad_value": 1}
+    assert report["skipped"] == {"malformed": 0, "missing_field": 4, "bad_value": 1, "bad_encoding": 0}
     assert report["first_bad_lines"] == [
         {"line": 6, "reason": "missing_field"},
         {"line": 7, "reason": "missing_field"},
@@ -224,7 +224,7 @@ def test_long_lines_crlf_and_missing_final_newline(write_raw):
     source = write_raw("r.json", records, newline="\r\n", trailing_newline=False)
     frame, report = ingest_reviews(source, SMALL_BLOCKS, OPEN_WINDOW)
     assert frame["user_id"].tolist() == ["U1", "U2"]
-    assert report["skipped"] == {"malformed": 0, "missing_field": 0, "bad_value": 0}
+    assert report["skipped"] == {"malformed": 0, "missing_field": 0, "bad_value": 0, "bad_encoding": 0}
 
 
 def test_multi_member_gzip_is_read_whole(tmp_path):

@@ -27,8 +27,10 @@ from urllib.parse import urlsplit
 import pandas as pd
 from PIL import Image
 
+from maf_pipeline.locks import FolderLock
 from maf_pipeline.progress import progress
 
+from .safe_http import HostPolicy, RefusedAddressError, opener
 from .stores import ImageFolder
 
 logger = logging.getLogger(__name__)
@@ -78,24 +80,13 @@ def verify_image(data: bytes, max_pixels: int = 89_478_485) -> tuple[str | None,
     return _FORMAT_EXT.get(fmt, fmt.lower() or "img"), ""
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http/https URLs (urllib would also follow ftp)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.HTTPError(newurl, code, "redirect to a non-http(s) URL refused", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-_OPENER = urllib.request.build_opener(_HttpOnlyRedirects())
-
-
 def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None] = time.sleep) -> FetchResult:
     """Fetch one URL with timeouts, a size cap and retries with exponential backoff; verify it decodes."""
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         return FetchResult("invalid_url", url=url, detail="only http/https URLs are fetched")
     max_bytes = int(cfg["max_bytes"])
     retries = int(cfg["retries"])
+    policy = HostPolicy.from_config(cfg.get("allowed_hosts"))
     request = urllib.request.Request(url, headers={"User-Agent": cfg["user_agent"]})
     last = FetchResult("http_error", url=url)
     for attempt in range(retries + 1):
@@ -104,7 +95,8 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
             sleep(delay * (0.5 + random.random() / 2))  # jitter spreads retries of parallel workers
         try:
             deadline = time.monotonic() + float(cfg["deadline_s"])
-            with _OPENER.open(request, timeout=float(cfg["timeout_s"])) as response:
+            policy.check_url(url)
+            with opener(policy).open(request, timeout=float(cfg["timeout_s"])) as response:
                 declared = response.headers.get("Content-Length")
                 if declared is not None and declared.isdigit() and int(declared) > max_bytes:
                     return FetchResult(
@@ -119,6 +111,8 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
                         raise TimeoutError(f"download exceeded {cfg['deadline_s']} s")
                     chunks.append(chunk)
             data = b"".join(chunks)
+        except RefusedAddressError as exc:
+            return FetchResult("refused", url=url, detail=str(exc)[:300])
         except urllib.error.HTTPError as exc:
             last = FetchResult("http_error", url=url, detail=f"HTTP {exc.code}")
             if exc.code not in _RETRY_HTTP:
@@ -129,6 +123,8 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
             continue
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, RefusedAddressError):
+                return FetchResult("refused", url=url, detail=str(reason)[:300])
             last = FetchResult("unreachable", url=url, detail=f"{type(reason).__name__}: {reason}"[:200])
             continue
         ext, why = verify_image(data, int(cfg["max_pixels"]))
@@ -138,8 +134,13 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
     return last
 
 
-def unreachable_hosts(urls: Sequence[str], timeout_s: float) -> dict[str, str]:
-    """Probe each distinct host once (DNS + TCP connect with a short timeout); returns ``host -> error``."""
+def unreachable_hosts(
+    urls: Sequence[str], timeout_s: float, policy: HostPolicy | None = None
+) -> dict[str, str]:
+    """Probe each distinct host once (DNS + TCP connect with a short timeout); returns ``host -> error``.
+
+    With a ``policy``, hosts it refuses are not probed (their downloads are refused, not unreachable).
+    """
     failed = {}
     hosts = {}
     for url in urls:
@@ -150,7 +151,12 @@ def unreachable_hosts(urls: Sequence[str], timeout_s: float) -> dict[str, str]:
             )
     for netloc, (host, port) in hosts.items():
         try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
+            if policy is None:
+                socket.create_connection((host, port), timeout=timeout_s).close()
+            else:
+                policy.create_connection((host, port), timeout=timeout_s).close()
+        except RefusedAddressError:
+            continue
         except OSError as exc:
             failed[netloc] = f"{type(exc).__name__}: {exc}"
     return failed
@@ -236,7 +242,9 @@ def acquire_images(
         url_map = dict(zip(items["item_id"].astype(str), items["image_urls"], strict=True))
         candidates = {i: _candidate_urls(url_map.get(i), dl) for i in todo}
         down = unreachable_hosts(
-            [u for urls in candidates.values() for u in urls], float(dl["probe_timeout_s"])
+            [u for urls in candidates.values() for u in urls],
+            float(dl["probe_timeout_s"]),
+            HostPolicy.from_config(dl.get("allowed_hosts")),
         )
         if down:
             message = (
@@ -257,6 +265,12 @@ def acquire_images(
         def fetch(item_id: str) -> FetchResult:
             return _fetch_urls([u for u in candidates[item_id] if urlsplit(u).netloc not in down], dl)
 
+    # one run at a time writes into the store (a second fails naming the first, or waits lock_wait_s)
+    lock = FolderLock(
+        image_store.root, params.get("lock_wait_s", 0), "image store", "features.images.lock_wait_s"
+    )
+    if todo:
+        lock.acquire()
     executor = ThreadPoolExecutor(max_workers=max(1, int(dl["workers"])))
     try:
         futures = {executor.submit(fetch, item_id): item_id for item_id in todo}
@@ -274,6 +288,7 @@ def acquire_images(
             results[item_id] = result
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
+        lock.release()
 
     rows = []
     for item_id in item_ids:
@@ -290,4 +305,11 @@ def acquire_images(
     )
     if counts.get("corrupt"):
         logger.warning("%d corrupt or undecodable images were treated as missing", counts["corrupt"])
+    if counts.get("refused"):
+        logger.warning(
+            "%d items' image URLs point at private, loopback or link-local addresses and were refused "
+            "(e.g. %s); allow trusted hosts with features.images.download.allowed_hosts",
+            counts["refused"],
+            table.loc[table["status"] == "refused", "detail"].iloc[0],
+        )
     return table

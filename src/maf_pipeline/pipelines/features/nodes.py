@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from maf_pipeline.locks import folder_lock
 from maf_pipeline.progress import progress
 
 from .encoders import (
@@ -35,7 +36,7 @@ from .encoders import (
     resolve_text_weights,
     text_feature_dim,
 )
-from .stores import FeatureCache, ImageFolder, settings_hash
+from .stores import CacheTable, FeatureCache, ImageFolder, settings_hash
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,29 @@ def _encode_with_cache(
     ``fingerprints`` holds the items that have content (a hash of it, part of the cache key); the rest are
     missing and stay zero rows.
     """
-    present = [i for i in item_ids if i in fingerprints]
     table = feature_cache.table(modality, settings) if cache_params["enabled"] else None
+    lock = folder_lock(
+        None if table is None else table.directory,
+        cache_params.get("lock_wait_s", 0),
+        what=f"{modality} feature cache",
+        parameter="features.cache.lock_wait_s",
+    )
+    with lock:
+        return _encode_cached(modality, item_ids, fingerprints, table, cache_params, encode, dim, dtype)
+
+
+def _encode_cached(
+    modality: str,
+    item_ids: Sequence[str],
+    fingerprints: dict[str, str],
+    table: CacheTable | None,
+    cache_params: dict[str, Any],
+    encode: EncodeFn,
+    dim: Callable[[], int],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The body of :func:`_encode_with_cache`, run while this run holds the cache table's lock."""
+    present = [i for i in item_ids if i in fingerprints]
     hits = table.lookup(present, [fingerprints[i] for i in present]) if table is not None else {}
     todo = [i for i in present if i not in hits]
     logger.info(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -23,23 +23,19 @@ from urllib.parse import quote, unquote
 
 import torch
 from kedro.io import AbstractDataset, DatasetError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from maf_pipeline.locks import atomic_write
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 
 
 def _atomic_write(target: Path, write: Any) -> None:
     """Write to a temporary file in the target's folder, then rename, so readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(target, write)
 
 
 @dataclass(frozen=True)
@@ -167,15 +163,36 @@ class CacheTable:
         return sorted(self.directory.glob("shard-*.safetensors")) if self.directory.is_dir() else []
 
     def load(self) -> dict[tuple[str, str], torch.Tensor]:
-        """Every cached row: ``(item_id, content fingerprint) -> 1-D tensor``; later shards win."""
+        """Every cached row: ``(item_id, content fingerprint) -> 1-D tensor``; later shards win.
+
+        A shard that cannot be read (truncated by a full disk, damaged, inconsistent) is named in a warning
+        and moved aside as ``<name>.corrupt``, so its items are simply encoded again and later runs are not
+        affected.
+        """
         rows: dict[tuple[str, str], torch.Tensor] = {}
         for shard in self._shards():
-            with safe_open(str(shard), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {}).get("index", "{}"))
-                features = handle.get_tensor("features")
-            for pos, key in enumerate(zip(meta["item_ids"], meta["fingerprints"], strict=True)):
+            try:
+                keys, features = _read_shard(shard)
+            except FileNotFoundError:  # moved aside by a concurrent reader
+                continue
+            except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+                self._quarantine(shard, err)
+                continue
+            for pos, key in enumerate(keys):
                 rows[key] = features[pos]
         return rows
+
+    def _quarantine(self, shard: Path, err: BaseException) -> None:
+        aside = shard.with_name(shard.name + ".corrupt")
+        try:
+            os.replace(shard, aside)
+        except FileNotFoundError:
+            return
+        logger.warning(
+            "Feature cache shard %s cannot be read (%s: %s); moved aside to %s, its items will be encoded "
+            "again",
+            *(shard, type(err).__name__, str(err)[:200], aside.name),
+        )
 
     def lookup(self, item_ids: Iterable[str], fingerprints: Iterable[str]) -> dict[str, torch.Tensor]:
         """Cached rows of these items with this content (an item whose text or image changed is a miss)."""
@@ -199,6 +216,17 @@ class CacheTable:
 
     def __len__(self) -> int:
         return len(self.load())
+
+
+def _read_shard(shard: Path) -> tuple[list[tuple[str, str]], torch.Tensor]:
+    """A shard's keys and feature rows, checked for consistency (raises on anything unreadable)."""
+    with safe_open(str(shard), framework="pt") as handle:
+        meta = json.loads((handle.metadata() or {})["index"])
+        features = handle.get_tensor("features")
+    keys = list(zip(meta["item_ids"], meta["fingerprints"], strict=True))
+    if features.ndim != 2 or features.shape[0] != len(keys):
+        raise ValueError(f"{features.shape[0]} feature rows for {len(keys)} items")
+    return keys, features
 
 
 def time_ns_str() -> str:

@@ -89,14 +89,17 @@ _REVIEW_SIGNS = {
     "2018": ("asin", {"reviewerID", "overall", "unixReviewTime", "reviewTime"}),
     "2023": ("parent_asin", {"user_id", "rating", "timestamp", "helpful_vote", "verified_purchase"}),
 }
+# Metadata telltales leave out keys that reviews carry too (2018 reviews have ``image``, 2023 ``images``).
 _METADATA_SIGNS = {
-    "2014": ("asin", {"imUrl", "categories", "salesRank", "related"}),
+    "2014": ("asin", {"title", "imUrl", "categories", "salesRank", "related"}),
     "2018": (
         "asin",
-        {"category", "main_cat", "image", "imageURL", "imageURLHighRes", "also_buy", "tech1", "feature"},
+        {"title", "category", "main_cat", "imageURL", "imageURLHighRes", "also_buy", "tech1", "feature"},
     ),
-    "2023": ("parent_asin", {"main_category", "images", "features", "categories", "store", "rating_number"}),
+    "2023": ("parent_asin", {"main_category", "features", "categories", "store", "rating_number"}),
 }
+# Keys only reviews have: a record holding one is never taken for metadata.
+_REVIEW_ONLY_KEYS = {"reviewerID", "reviewText", "overall", "unixReviewTime", "user_id", "helpful_vote"}
 
 
 def detect_format(
@@ -111,17 +114,27 @@ def detect_format(
     if kind == "metadata" and python_literals:
         return "2014"  # only the 2014 metadata dump is written as Python literals
     signs = _REVIEW_SIGNS if kind == "reviews" else _METADATA_SIGNS
+    candidates = records if kind == "reviews" else [r for r in records if not _REVIEW_ONLY_KEYS & r.keys()]
     scores = {}
     for name, (id_key, telltale) in signs.items():
-        matched = [r for r in records if id_key in r and telltale & r.keys()]
+        matched = [r for r in candidates if id_key in r and telltale & r.keys()]
         scores[name] = (len(matched), sum(len(telltale & r.keys()) for r in matched))
     best = max(scores, key=lambda n: scores[n])
     if scores[best][0] == 0:
         seen = sorted(set().union(*(r.keys() for r in records)))
         expected = "; ".join(f"{n}: {k} + one of {sorted(t)}" for n, (k, t) in signs.items())
+        note = ""
+        if kind == "metadata":
+            note = f", and no key of reviews ({', '.join(sorted(_REVIEW_ONLY_KEYS))})"
+            review_keys = sorted(_REVIEW_ONLY_KEYS & set(seen))
+            if review_keys:
+                note += (
+                    f". This looks like a reviews file (its records have {', '.join(review_keys)}): "
+                    "check the raw_metadata catalog entry"
+                )
         raise IngestionError(
             f"{file_name}: unknown {kind} format: the first {len(records)} records have keys {seen[:40]}; "
-            f"expected {expected}"
+            f"expected {expected}{note}"
         )
     if kind == "reviews" and best == "2018":
         keys = set().union(*(r.keys() for r in records))

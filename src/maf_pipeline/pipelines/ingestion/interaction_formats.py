@@ -26,7 +26,8 @@ import pandas as pd
 
 from maf_pipeline.datasets import RawSource
 
-from .nodes import ITEMS_SCHEMA, window_bounds
+from .nodes import window_bounds
+from .rows import ITEMS_SCHEMA
 
 logger = logging.getLogger(__name__)
 

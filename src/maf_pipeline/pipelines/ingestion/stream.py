@@ -9,9 +9,11 @@ the slow per-line parser.
 from __future__ import annotations
 
 import ast
+import codecs
 import contextlib
 import logging
 import queue
+import re
 import threading
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
@@ -31,6 +33,12 @@ if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in to
 logger = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
+# What the per-line parser does with a line whose read fields hold invalid UTF-8 (ingestion.invalid_utf8).
+INVALID_UTF8_POLICIES = ("replace", "skip")
+# Why a line is skipped: not JSON (nor a Python literal), a required field absent or empty, a value of the
+# wrong type or out of range, invalid UTF-8 in an id (or in any read field with invalid_utf8: skip).
+SKIP_REASONS = ("malformed", "missing_field", "bad_value", "bad_encoding")
 _END = object()
 # Pieces smaller than this go straight to the per-line parser instead of being bisected further.
 MIN_BISECT_BYTES = 256 * 1024
@@ -117,10 +125,14 @@ class BlockReader:
         pending: list[bytes] = []
         pending_len = 0
         line_no = 1
+        at_start = True
         with self.source.open("rb") as handle:
             for out in self._decoded(handle):
                 if self._stop.is_set():
                     return
+                if at_start and out:  # a UTF-8 byte order mark is not part of the first line
+                    out = out.removeprefix(UTF8_BOM)
+                    at_start = False
                 pending.append(out)
                 pending_len += len(out)
                 if pending_len < self.block_bytes:
@@ -203,10 +215,62 @@ def first_records(data: bytes, max_records: int) -> tuple[list[dict], int, bool]
             continue
         tried += 1
         obj, used_literal = _loads(line, allow_literal=True)
+        if obj is None and not _is_utf8(line):  # a stray latin-1 byte does not hide the record's keys
+            obj, used_literal = _loads(_escaped_utf8(line), allow_literal=True)
         if isinstance(obj, dict):
             records.append(obj)
             literal = literal or used_literal
     return records, tried, literal
+
+
+# Invalid UTF-8 bytes are decoded to private-use code points U+10FF80..U+10FFFF (one per byte): unlike
+# surrogates they survive orjson and ``ast.literal_eval``, and no real text holds them, so after parsing they
+# show exactly which fields were damaged.
+_ESCAPE_BASE = 0x10FF00
+_ESCAPED = re.compile("[\U0010ff80-\U0010ffff]")
+
+
+def _escape_invalid_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    bad = err.object[err.start : err.end]
+    return "".join(chr(_ESCAPE_BASE + b) for b in bad), err.end
+
+
+codecs.register_error("maf-escape-invalid-utf8", _escape_invalid_bytes)
+
+
+def _is_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _escaped_utf8(line: bytes) -> bytes:
+    """The line as valid UTF-8, each invalid byte turned into its private-use stand-in."""
+    return line.decode("utf-8", errors="maf-escape-invalid-utf8").encode("utf-8")
+
+
+def _has_escaped(value: Any) -> bool:
+    """Whether a parsed value (string, list, dict) holds bytes that were not valid UTF-8."""
+    if isinstance(value, str):
+        return _ESCAPED.search(value) is not None
+    if isinstance(value, list | tuple):
+        return any(_has_escaped(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_escaped(v) for v in value.values())
+    return False
+
+
+def _replace_escaped(value: Any) -> Any:
+    """The value with each invalid byte replaced by U+FFFD (what ``bytes.decode(errors="replace")`` gives)."""
+    if isinstance(value, str):
+        return _ESCAPED.sub("\ufffd", value)
+    if isinstance(value, list | tuple):
+        return [_replace_escaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _replace_escaped(v) for k, v in value.items()}
+    return value
 
 
 def _loads(line: bytes, allow_literal: bool) -> tuple[Any, bool]:
@@ -233,6 +297,21 @@ class ParseStats:
     examples: list[tuple[int, str]] = field(default_factory=list)
     fallback_pieces: int = 0
     fallback_bytes: int = 0
+    # lines kept after their invalid UTF-8 bytes were replaced by U+FFFD (ingestion.invalid_utf8: replace)
+    repaired: int = 0
+    repaired_examples: list[int] = field(default_factory=list)
+    # skipped lines per reason and field at fault, and a few of the offending values (report, messages)
+    fields: dict[str, Counter] = field(default_factory=dict)
+    field_values: dict[str, list[Any]] = field(default_factory=dict)
+
+    def bad_field(self, reason: str, name: str, count: int, values: Iterable[Any] = ()) -> None:
+        """Attribute ``count`` lines skipped for ``reason`` to field ``name``; keep a few of its values."""
+        self.fields.setdefault(reason, Counter())[name] += count
+        kept = self.field_values.setdefault(name, [])
+        for value in values:
+            if len(kept) >= 5:
+                break
+            kept.append(value)
 
     def bad(self, reason: str, line_numbers: Any, count: int | None = None) -> None:
         """Count ``count`` (default: all given) bad lines and remember the first few line numbers."""
@@ -241,10 +320,15 @@ class ParseStats:
         line_numbers = line_numbers[: self.max_examples]
         self.examples = sorted(self.examples + [(int(n), reason) for n in line_numbers])[: self.max_examples]
 
-    @property
-    def wants_examples(self) -> bool:
-        """Whether more bad line numbers are still worth collecting (blocks arrive in file order)."""
-        return len(self.examples) < self.max_examples
+    def wants_example(self, line: int) -> bool:
+        """Whether a bad line with this number would be among the first ``max_examples`` bad lines.
+
+        Pieces do not report in strict line order (a block's line-parsed pieces count their bad lines before
+        the block's Arrow pieces are checked), so this compares with the worst line kept so far.
+        """
+        if len(self.examples) < self.max_examples:
+            return True
+        return bool(self.examples) and line < self.examples[-1][0]
 
     @property
     def skipped_total(self) -> int:
@@ -285,9 +369,18 @@ class BlockParser:
         arrow_first: bool = True,
         threads: int = 2,
         min_bisect_bytes: int = MIN_BISECT_BYTES,
+        id_fields: Iterable[str] = (),
+        invalid_utf8: str = "replace",
     ) -> None:
+        if invalid_utf8 not in INVALID_UTF8_POLICIES:
+            raise ValueError(
+                f"ingestion.invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {invalid_utf8!r}"
+            )
         self.schema = schema
         self.stats = stats
+        # fields whose invalid UTF-8 always makes the line bad (an id with U+FFFD would merge distinct ids)
+        self.id_fields = frozenset(id_fields)
+        self.invalid_utf8 = invalid_utf8
         # the per-line parser also accepts Python dict literals (2014 metadata)
         self.allow_literals = allow_literals
         # False when the file is known to be Python literals: Arrow would only fail
@@ -319,14 +412,21 @@ class BlockParser:
                 yield done, self._settle(done.data, done.first_line, future.result())
 
     def _arrow(self, data: bytes) -> pa.Table | pa.ArrowInvalid:
-        """Arrow's parse of a whole piece, single-threaded (safe in a worker thread: touches no state)."""
+        """Arrow's parse of a whole piece, single-threaded (safe in a worker thread: touches no state).
+
+        Arrow's JSON reader does not check that strings are valid UTF-8; the full validation of the parsed
+        columns does (about 2% of the parse time), and a piece that fails it goes the per-line way, which
+        finds the lines and applies ``invalid_utf8``.
+        """
         options = pj.ReadOptions(block_size=max(len(data) + 1, 1 << 16), use_threads=False)
         try:
-            return pj.read_json(
+            table = pj.read_json(
                 pa.BufferReader(data), read_options=options, parse_options=self._parse_options
             )
+            table.validate(full=True)
         except pa.ArrowInvalid as err:
             return err
+        return table
 
     def _settle(self, data: bytes, first_line: int, result: pa.Table | pa.ArrowInvalid | None) -> list[Piece]:
         """Keep Arrow's table, or bisect the piece Arrow rejected down to small line-parsed pieces."""
@@ -355,21 +455,44 @@ class BlockParser:
         row_lines: list[int] = []
         malformed: list[int] = []
         bad_value: list[int] = []
+        bad_encoding: list[int] = []
         for offset, raw in enumerate(data.split(b"\n")):
             line = raw.strip()
             if not line:
                 continue
+            line = line.removeprefix(UTF8_BOM)  # a BOM of a file concatenated into this one
             number = first_line + offset
             self.stats.lines += 1
             obj, _ = _loads(line, allow_literal=self.allow_literals)
+            escaped = False
+            if not isinstance(obj, dict) and not _is_utf8(line):
+                obj, _ = _loads(_escaped_utf8(line), allow_literal=self.allow_literals)
+                escaped = True
             if not isinstance(obj, dict):
                 malformed.append(number)
                 continue
-            try:
-                values = [coerce(obj.get(n), t) for n, t in zip(names, types, strict=True)]
-            except (TypeError, ValueError, OverflowError):
+            values = []
+            for n, t in zip(names, types, strict=True):
+                try:
+                    values.append(coerce(obj.get(n), t))
+                except (TypeError, ValueError, OverflowError):
+                    self.stats.bad_field("bad_value", n, 1, [obj.get(n)])
+                    break
+            if len(values) < len(names):
                 bad_value.append(number)
                 continue
+            if escaped:
+                damaged = [n for n, v in zip(names, values, strict=True) if _has_escaped(v)]
+                if damaged and (self.invalid_utf8 == "skip" or self.id_fields.intersection(damaged)):
+                    bad_encoding.append(number)
+                    for n in damaged:
+                        self.stats.bad_field("bad_encoding", n, 1)
+                    continue
+                if damaged:
+                    values = [_replace_escaped(v) for v in values]
+                    self.stats.repaired += 1
+                    if len(self.stats.repaired_examples) < self.stats.max_examples:
+                        self.stats.repaired_examples.append(number)
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
             row_lines.append(number)
@@ -377,6 +500,8 @@ class BlockParser:
             self.stats.bad("malformed", malformed)
         if bad_value:
             self.stats.bad("bad_value", bad_value)
+        if bad_encoding:
+            self.stats.bad("bad_encoding", bad_encoding)
         arrays = [pa.array(col, type=t) for col, t in zip(columns, types, strict=True)]
         table = pa.Table.from_arrays(arrays, schema=self.schema)
         return Piece(table, data, first_line, np.asarray(row_lines, dtype=np.int64))

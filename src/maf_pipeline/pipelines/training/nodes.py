@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import shutil
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from maf_pipeline.locks import atomic_write, folder_lock
 from maf_pipeline.metrics import rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
 from maf_pipeline.progress import progress
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("all_positions", "last_position")
 # Keys that change where/how fast things run but not the result: left out of the checkpoint hash.
-_NON_SEMANTIC = ("checkpoint_dir", "keep_checkpoint", "eval_batch_size", "num_threads")
+_NON_SEMANTIC = ("checkpoint_dir", "keep_checkpoint", "eval_batch_size", "num_threads", "lock_wait_s")
 
 
 def training_windows(
@@ -116,10 +116,7 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a unique temporary name per process and call
 
 
 def _to_cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -295,7 +292,14 @@ def train_model(
         len(valid_t),
         device,
     )
-    history = fit(model, inputs, targets, valid_h, valid_t, training_params, seed, ckpt, device, on_epoch_end)
+    # one run at a time on a checkpoint folder: a second fails naming the first, or waits lock_wait_s
+    folder, wait_s = (ckpt.parent if ckpt else None), training_params.get("lock_wait_s", 0)
+    with folder_lock(folder, wait_s, "training checkpoint folder", "training.lock_wait_s"):
+        history = fit(
+            model, inputs, targets, valid_h, valid_t, training_params, seed, ckpt, device, on_epoch_end
+        )
+        if ckpt is not None and not training_params.get("keep_checkpoint", False):
+            shutil.rmtree(ckpt.parent, ignore_errors=True)
     history.update(
         architecture=name,
         seed=seed,
@@ -303,8 +307,6 @@ def train_model(
         num_windows=len(inputs),
         total_seconds=time.perf_counter() - started,
     )
-    if ckpt is not None and not training_params.get("keep_checkpoint", False):
-        shutil.rmtree(ckpt.parent, ignore_errors=True)
     artifact: dict[str, Any] = _to_cpu_state(model)
     artifact["__metadata__"] = {
         "architecture": name,
