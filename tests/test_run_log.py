@@ -19,6 +19,12 @@ ACTIONABLE = [
     r"WARNING maf_pipeline\.pipelines\.features\.encoders: $",  # the banner's first line (it goes on below)
     r"WARNING maf_pipeline\.pipelines\.features\.nodes: Features manifest: \w+: .*(weights|fallback|gt-all)",
 ]
+# Printed once at start-up by kedro-mlflow's import (its KedroPipelineModel has an untyped predict), before
+# Kedro loads the project, inside MLflow's own `catch_warnings(simplefilter("once"))`: no project code runs
+# early enough to filter it (Kedro refuses project code in the logging config). Not the project's.
+KNOWN_LIBRARY_NOTICE = (
+    r"mlflow/pyfunc/utils/data_validation\.py:\d+: UserWarning: .*Add type hints to the `predict`"
+)
 WARNING_LINE = re.compile(r"\bWARNING\b|Warning:|warnings\.warn\(|^\s*warn\(")
 
 
@@ -34,8 +40,10 @@ def test_the_sample_run_log_has_only_actionable_warnings(full_run) -> None:
     _, proc = full_run
     log = (proc.stdout + proc.stderr).splitlines()
     warnings = [line for line in log if WARNING_LINE.search(line)]
-    unexpected = [line for line in warnings if not any(re.search(p, line) for p in ACTIONABLE)]
+    unexpected = [
+        line for line in warnings if not any(re.search(p, line) for p in [*ACTIONABLE, KNOWN_LIBRARY_NOTICE])
+    ]
     assert not unexpected, "\n".join(unexpected)
     for noise in ("Could not extract type hints", "No typed parameter requirements", "register_new_resolver",
-                  "Add type hints to the `predict`", "is deprecated"):  # fmt: skip
+                  "is deprecated", "not writable"):  # fmt: skip
         assert not any(noise in line for line in log), noise

@@ -216,7 +216,8 @@ class MlflowReportingHook:
         from maf_pipeline.inference import FEATURE_DATASETS, raw_user_histories
         from maf_pipeline.serving import log_recommender
 
-        for model in [m for m in serving.get("models", ["maf"]) if m in self._trained]:
+        models = list(serving.get("models", ["maf"]))
+        for model in [m for m in models if m in self._trained]:
             dataset = catalog.get(f"{model}.trained_model")
             meta = dataset.load()["__metadata__"]
             features = {
@@ -230,8 +231,12 @@ class MlflowReportingHook:
                 )
             )
             params = dict(serving)
-            if len(self._trained) > 1 or model != "maf":
+            if (
+                model != models[0]
+            ):  # the first listed model is `model` (and the registered name), others suffixed
                 params["artifact_path"] = f"{serving.get('artifact_path', 'model')}_{model}"
+                if serving.get("registered_model_name"):
+                    params["registered_model_name"] = f"{serving['registered_model_name']}-{model}"
             info = log_recommender(
                 _local_path(dataset),
                 catalog.load("item_index"),

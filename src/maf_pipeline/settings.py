@@ -1,9 +1,10 @@
 """Project settings: the config loader and where session data lives."""
 
+import warnings
+
 from kedro.config import OmegaConfigLoader
 
 from maf_pipeline.hooks import MlflowReportingHook, ParameterSchemaHook, mlflow_dir
-from maf_pipeline.log_filters import ignore_library_notices
 
 # kedro-mlflow registers its own hook (one MLflow run per `kedro run`); MlflowReportingHook adds histories,
 # artifacts and the MLflow Model. ParameterSchemaHook checks the parameters (maf_pipeline/parameters.py)
@@ -11,8 +12,9 @@ from maf_pipeline.log_filters import ignore_library_notices
 # is not used: nodes take plain dicts, so conf/logging.yml quiets its "No typed parameter requirements" line.
 HOOKS = (ParameterSchemaHook(), MlflowReportingHook())
 
-# Library notices no user can act on stay out of the run log (conf/logging.yml does the same earlier on).
-ignore_library_notices()
+# A run's log holds only warnings a user must act on: omegaconf 2.4's deprecation of register_new_resolver,
+# which kedro and kedro-mlflow call (five times a run), is a library notice no user can act on.
+warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
