@@ -13,7 +13,7 @@ from maf_pipeline.pipeline_registry import register_pipelines
 # What the bundled sample and an offline machine legitimately warn about, each a thing to act on: the sample's
 # deliberately bad lines and its corrupt image, and missing pretrained weights (the FEATURES FALLBACK banner).
 ACTIONABLE = [
-    r"WARNING maf_pipeline\.pipelines\.ingestion\.nodes: .*: skipped \d+ of [\d,]+ lines",
+    r"WARNING maf_pipeline\.pipelines\.ingestion\.\w+: .*: skipped \d+ of [\d,]+ lines",
     r"WARNING maf_pipeline\.pipelines\.features\.images: \d+ corrupt or undecodable images",
     r"WARNING maf_pipeline\.pipelines\.features\.encoders: .*no local weights and HF_HUB_OFFLINE",
     r"WARNING maf_pipeline\.pipelines\.features\.encoders: $",  # the banner's first line (it goes on below)
