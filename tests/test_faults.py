@@ -359,7 +359,7 @@ def test_html_saved_as_jpg_is_corrupt_and_missing(tmp_path):
     (local / "A.jpg").write_bytes(b"<html><body>Sorry, we could not find that page</body></html>")
     (local / "B.jpg").write_bytes(_png(20, 20))
     params = _image_params()
-    table = acquire_images(
+    table, _ = acquire_images(
         pd.DataFrame({"item_id": ["A", "B"]}),
         pd.DataFrame({"item_id": ["A", "B"], "image_urls": [[], []]}),
         ImageFolder(str(local)),
@@ -493,7 +493,7 @@ def test_acquire_images_marks_refused_urls_and_says_how_to_allow(image_server, t
     items = pd.DataFrame({"item_id": ["A"], "image_urls": [[f"http://127.0.0.1:{port}/a.png"]]})
     params = {**_image_params(), "source": "url"}
     with caplog.at_level(logging.WARNING):
-        table = acquire_images(
+        table, _ = acquire_images(
             pd.DataFrame({"item_id": ["A"]}),
             items,
             ImageFolder(str(tmp_path / "none")),

@@ -6,16 +6,17 @@ output of one node, and both stores must be read and grown by the same node, ite
 
 from kedro.pipeline import Node, Pipeline
 
-from .images import acquire_images
+from .images import acquire_images, list_image_candidates
 from .nodes import build_features_manifest, encode_categories, encode_images, encode_texts
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``acquire_images`` (before the completeness filter), then the encoders once ``item_index`` is fixed."""
+    """Image candidates (for the completeness filter), images for the k-core survivors (before
+    ``filter_verified_images``), then the encoders once ``item_index`` is fixed."""
     return Pipeline(
         [
             Node(
-                acquire_images,
+                list_image_candidates,
                 inputs=[
                     "deduplicated_interactions",
                     "items",
@@ -23,7 +24,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "image_store",
                     "params:features.images",
                 ],
-                outputs="image_availability",
+                outputs="image_candidates",
+                name="list_image_candidates",
+            ),
+            Node(
+                acquire_images,
+                inputs=[
+                    "candidate_kcore_interactions",
+                    "items",
+                    "local_images",
+                    "image_store",
+                    "params:features.images",
+                ],
+                outputs=["image_availability", "image_acquisition_report"],
                 name="acquire_images",
             ),
             Node(
