@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch (~600 MB of RSS)
-    from maf_pipeline.datasets import RawSource
+# Imported at run time (no torch: SafetensorsDataset is lazy) so Kedro can resolve the node type hints.
+from maf_pipeline.datasets.raw_file import RawSource
 
 from .formats import METADATA_ID, METADATA_SCHEMAS, REVIEW_FORMATS, ReviewFormat
 from .reader import RawFile
