@@ -181,16 +181,25 @@ class EarlyStopping(Block):
 class Training(Block):
     epochs: PositiveInt = 200
     batch_size: PositiveInt = 256
+    length_grouping: NonNegativeInt = 0
     learning_rate: PositiveFloat = 1e-4
     weight_decay: NonNegativeFloat = 0.0
     grad_clip: PositiveFloat | None = None
     objective: Literal["all_positions", "last_position"] = "all_positions"
     early_stopping: EarlyStopping = EarlyStopping()
     ks: list[PositiveInt] = [10, 20]
+    loss: Literal["full", "sampled_softmax"] = "full"
+    loss_chunk_size: PositiveInt | None = 32768
+    num_negatives: PositiveInt = 256
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
     eval_batch_size: PositiveInt = 1024
+    eval_max_scores: PositiveInt = 268435456
     device: Device = "auto"
     bf16: bool = False
+    compile: bool | str = False
     num_threads: PositiveInt | None = None
+    distributed: bool | Literal["auto"] = "auto"
+    checkpoint_every: PositiveInt | Literal["auto"] | None = "auto"
     checkpoint_dir: str = "data/06_models/checkpoints"
     keep_checkpoint: bool = False
     lock_wait_s: NonNegativeFloat | None = 0
@@ -202,6 +211,7 @@ class Evaluation(Block):
     mask_history: bool = False
     ks: list[PositiveInt] = [10, 20]
     batch_size: PositiveInt = 1024
+    max_scores: PositiveInt = 268435456
     device: Device = "auto"
 
 
@@ -229,6 +239,7 @@ class AttentionModel(ModelBlock):
 
 class SASRecBlock(AttentionModel):
     architecture: Literal["sasrec"]
+    fused_attention: bool = True
 
 
 class BERT4RecBlock(AttentionModel):
@@ -251,6 +262,7 @@ class FDSABlock(FeatureModel):
 
 class MAFBlock(FeatureModel):
     architecture: Literal["maf"]
+    fused_attention: bool = True
     d_mm: PositiveInt = 32
     fusion: Literal["sum", "concat", "gate"] = "sum"
     scale: Literal["head", "model"] = "head"
@@ -346,7 +358,13 @@ class Grid(Block):
     fixed: dict[str, Any] = {}
 
 
+class Parallel(Block):
+    workers: PositiveInt | Literal["auto"] | None = "auto"
+    runs_per_gpu: PositiveInt = 1
+
+
 class Compare(Block):
+    parallel: Parallel = Parallel()
     models: list[str] = []
     seeds: list[int] = [42]
     protocols: list[Literal["full", "sampled"]] = ["full"]
