@@ -6,8 +6,9 @@ item of the review pool plus four times as many never-reviewed items, and image 
 server of generated JPEGs (some 404, some slow, some corrupt). Then, in the same run:
 
 1. the reviews-only ingestion of the same file in a fresh subprocess (``ingest_reviews``: time, MB/s, RSS);
-2. ``kedro run --to-nodes=build_sequences`` (``--train`` runs the ``full`` pipeline) in a copy of the project
-   whose ``conf/local`` points at the dump, with ``source: url`` images served by this process;
+2. ``kedro run --pipelines=data`` (ingestion through ``build_sequences``, the images included; a process that
+   never imports torch; ``--train`` runs the ``full`` pipeline instead) in a copy of the project whose
+   ``conf/local`` points at the dump, with ``source: url`` images served by this process;
 
 and prints the run profile the project's hook wrote (``data/08_reporting/run_profile.json``): per node wall
 s, CPU s, peak RSS, rows in and out; the image transfers; the peak RSS of the ``kedro run`` process (rusage of
@@ -419,9 +420,9 @@ def main() -> None:
         return
     reviews = reviews_only(dump / "reviews.json.gz")
     project = make_project(Path(args.data_dir) / f"run_{args.lines}", dump, int(info["port"]))
-    to_nodes = [] if args.train else ["--to-nodes=build_sequences"]
+    pipeline = "full" if args.train else "data"
     with ImageServer(int(info["port"])) as server:
-        kedro = run_kedro(project, ["run", "--pipeline=full", *to_nodes])
+        kedro = run_kedro(project, ["run", f"--pipelines={pipeline}"])
     if kedro[3] != 0:
         tail = (project / "kedro_run.log").read_text()[-4000:]
         raise SystemExit(f"kedro run failed ({kedro[3]}):\n{tail}")
