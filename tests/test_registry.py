@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 from maf_pipeline.pipeline_registry import register_pipelines
+from tests.conftest import copy_project, kedro
 
 
 def test_data_is_everything_full_runs_up_to_the_sequences():
@@ -38,3 +40,14 @@ print(len(nodes), len(built), "torch" in sys.modules)
     n_nodes, n_datasets, torch_loaded = out.stdout.split()[-3:]
     assert int(n_nodes) >= 10 and int(n_datasets) >= 10
     assert torch_loaded == "False"
+
+
+def test_the_data_side_runs_without_torch(tmp_path, monkeypatch):
+    """The real `kedro run --pipelines=data` on the sample: the sequences are written and at no point of the
+    run (hooks at its start and end included) is torch imported."""
+    project = copy_project(tmp_path / "project")
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # every import is listed on stderr
+    proc = kedro(project, "run", "--pipelines=data", "--env=sample")
+    assert (project / "data" / "05_model_input" / "test_sequences.parquet").exists()
+    assert "import time:" in proc.stderr
+    assert not re.search(r"\|\s+torch$", proc.stderr, flags=re.MULTILINE)

@@ -213,11 +213,14 @@ class MlflowReportingHook:
         serving = self._params.get("serving") or {}
         if mlflow.active_run() is None or not serving.get("log_model", True):
             return
+        models = list(serving.get("models", ["maf"]))
+        trained = [m for m in models if m in self._trained]
+        if not trained:  # e.g. a data-side run: no model code (torch) is imported
+            return
         from maf_pipeline.inference import FEATURE_DATASETS, raw_user_histories
         from maf_pipeline.serving import log_recommender
 
-        models = list(serving.get("models", ["maf"]))
-        for model in [m for m in models if m in self._trained]:
+        for model in trained:
             dataset = catalog.get(f"{model}.trained_model")
             meta = dataset.load()["__metadata__"]
             features = {
