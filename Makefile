@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml requirements.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/kedro run --pipeline=full --env=sample
+	$(BIN)/kedro run --pipelines=full --env=sample
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)

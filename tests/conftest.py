@@ -69,7 +69,7 @@ def kedro(project: Path, *args: str, params: dict[str, object] | None = None, ti
 def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """The whole ``full`` pipeline, run once per test session on the bundled sample in a project copy."""
     project = copy_project(tmp_path_factory.mktemp("project"))
-    proc = kedro(project, "run", "--pipeline=full", "--env=sample", params=E2E_PARAMS)
+    proc = kedro(project, "run", "--pipelines=full", "--env=sample", params=E2E_PARAMS)
     return project, proc
 
 

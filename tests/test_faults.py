@@ -359,7 +359,7 @@ def test_html_saved_as_jpg_is_corrupt_and_missing(tmp_path):
     (local / "A.jpg").write_bytes(b"<html><body>Sorry, we could not find that page</body></html>")
     (local / "B.jpg").write_bytes(_png(20, 20))
     params = _image_params()
-    table = acquire_images(
+    table, _ = acquire_images(
         pd.DataFrame({"item_id": ["A", "B"]}),
         pd.DataFrame({"item_id": ["A", "B"], "image_urls": [[], []]}),
         ImageFolder(str(local)),
@@ -493,7 +493,7 @@ def test_acquire_images_marks_refused_urls_and_says_how_to_allow(image_server, t
     items = pd.DataFrame({"item_id": ["A"], "image_urls": [[f"http://127.0.0.1:{port}/a.png"]]})
     params = {**_image_params(), "source": "url"}
     with caplog.at_level(logging.WARNING):
-        table = acquire_images(
+        table, _ = acquire_images(
             pd.DataFrame({"item_id": ["A"]}),
             items,
             ImageFolder(str(tmp_path / "none")),
@@ -649,6 +649,7 @@ def _training_params(tmp_path: Path, **overrides: Any) -> dict:
         "early_stopping": {"metric": "ndcg@20", "patience": None},
         "device": "cpu",
         "checkpoint_dir": str(tmp_path / "checkpoints"),
+        "checkpoint_every": 1,  # a checkpoint per epoch (default auto: as often as costs < 5% of the time)
         **overrides,
     }
 
@@ -704,10 +705,10 @@ def test_checkpoint_temporary_names_are_unique(tmp_path, monkeypatch):
         seen.append(str(path))
         real_save(obj, path)
         if len(seen) == 1:  # another run saves the same checkpoint meanwhile
-            training_nodes._atomic_torch_save({"run": torch.tensor(2)}, target)
+            training_nodes.save_checkpoint({"run": torch.tensor(2)}, target)
 
     monkeypatch.setattr(training_nodes.torch, "save", save)
-    training_nodes._atomic_torch_save({"run": torch.tensor(1)}, target)
+    training_nodes.save_checkpoint({"run": torch.tensor(1)}, target)
     assert len(set(seen)) == 2 and all(re.search(rf"\.{os.getpid()}-[0-9a-f]{{8}}\.tmp$", s) for s in seen)
     assert torch.load(target, weights_only=True)["run"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
@@ -741,7 +742,7 @@ def test_artifacts_follow_the_umask(tmp_path):
         SafetensorsDataset(str(tmp_path / "model.safetensors")).save({"w": torch.zeros(3)})
         CacheTable(tmp_path / "cache").append(["a"], ["fp"], torch.zeros(1, 3))
         ImageFolder(str(tmp_path / "images"), writable=True).put("A", _png(4, 4), "png")
-        training_nodes._atomic_torch_save({"w": torch.zeros(3)}, tmp_path / "ckpt" / "checkpoint.pt")
+        training_nodes.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "ckpt" / "checkpoint.pt")
         atomic_write(tmp_path / "plain.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
         pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "table.parquet")
     finally:

@@ -7,17 +7,28 @@ to that active run:
   ``step = epoch``), so the UI draws training curves;
 * the final validation and test metrics of every ``<model>.metrics``;
 * every saved output whose catalog layer is ``reporting`` or ``models`` (JSON/Markdown/PNG reports, the
-  features manifest, the best model's weights) as an artifact under its folder relative to ``data/``.
+  features manifest, the best model's weights) as an artifact under its folder relative to ``data/``;
+* at the end of a run that trained a model listed in ``serving.models``, that model as an MLflow Model
+  (``maf_pipeline.serving``: pyfunc, ``runs:/<run_id>/model``), registered when
+  ``serving.registered_model_name`` is set.
+
+It also ends the run as KILLED when the process is interrupted (Ctrl-C, SIGTERM) before the pipeline ends:
+otherwise MLflow's exit handler would mark it FINISHED, or, killed by SIGTERM, it would stay RUNNING forever
+(a failing node ends it as FAILED through kedro-mlflow's ``on_pipeline_error``).
 
 Nothing is logged when no MLflow run is active (tracking disabled, or a plain runner in a test).
+``ParameterSchemaHook`` checks the run's parameters against ``maf_pipeline.parameters`` before anything runs.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -96,13 +107,39 @@ def _local_path(dataset: Any) -> Path | None:
     return Path(str(path)) if path is not None else None
 
 
+class ParameterSchemaHook:
+    """Validates the run's parameters (types, ranges, unknown keys) before the first node and before the
+    MLflow run starts, so a bad ``--params`` fails at once, naming the parameter, instead of in a node."""
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        """Raise ``kedro.validation.ParameterValidationError`` listing every bad parameter."""
+        from maf_pipeline.parameters import validate_parameters
+
+        validate_parameters(catalog.load("parameters"))
+
+
+class RunInterrupted(SystemExit):
+    """Raised in the main thread on SIGTERM, so the run unwinds (and its MLflow run is ended as KILLED)."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise RunInterrupted(128 + signum)
+
+
 class MlflowReportingHook:
-    """Logs metric histories, final metrics and reporting/models-layer artifacts to the active MLflow run."""
+    """Logs metric histories, final metrics, reporting/models-layer artifacts and the trained model (pyfunc)
+    to the active MLflow run, and ends that run as KILLED when the process is interrupted."""
 
     def __init__(self, artifact_layers: Iterable[str] = ("reporting", "models")) -> None:
         self.artifact_layers = frozenset(artifact_layers)
         self._catalog: Any = None
         self._data_dir: Path | None = None
+        self._params: dict[str, Any] = {}
+        self._trained: list[str] = []
+        self._run: tuple[str, str] | None = None  # (tracking uri, run id) while a pipeline runs
+        self._previous_sigterm: Any = None
+        self._exit_handler = False
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -114,6 +151,105 @@ class MlflowReportingHook:
         """Keep the catalog to find the file behind a saved dataset."""
         self._catalog = catalog
 
+    @hook_impl(trylast=True)  # after kedro-mlflow started the run
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        """Note the active MLflow run and guard it against interruption (SIGTERM, Ctrl-C)."""
+        import mlflow
+
+        self._trained = []
+        self._params = catalog.load("parameters") if catalog.exists("parameters") else {}
+        run = mlflow.active_run()
+        if run is None:
+            return
+        self._run = (mlflow.get_tracking_uri(), run.info.run_id)
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted)
+        if not self._exit_handler:  # runs before MLflow's own exit handler (which would mark it FINISHED)
+            atexit.register(self.end_interrupted_run)
+            self._exit_handler = True
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow ends the run
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        """Log the trained models of ``serving.models`` as MLflow Models, then drop the interruption guard."""
+        try:
+            self._log_models(catalog)
+        except Exception:  # tracking must never fail a pipeline run
+            logger.warning("could not log the trained model to MLflow", exc_info=True)
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(
+        self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any
+    ) -> None:
+        """kedro-mlflow ends the run as FAILED; only the guard is dropped here."""
+        self._release()
+
+    def _release(self) -> None:
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self._previous_sigterm = None
+        self._run = None
+
+    def end_interrupted_run(self) -> None:
+        """End the run of a pipeline that never finished (interrupted) as KILLED; a no-op otherwise."""
+        if self._run is None:
+            return
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        uri, run_id = self._run
+        self._run = None
+        try:
+            while mlflow.active_run() is not None:  # kedro-mlflow may have pushed the run more than once
+                mlflow.end_run("KILLED")
+            MlflowClient(uri).set_terminated(run_id, "KILLED")
+            logger.warning("run interrupted: MLflow run %s ended as KILLED", run_id)
+        except Exception:
+            logger.warning("could not end the interrupted MLflow run %s", run_id, exc_info=True)
+
+    def _log_models(self, catalog: Any) -> None:
+        import mlflow
+
+        serving = self._params.get("serving") or {}
+        if mlflow.active_run() is None or not serving.get("log_model", True):
+            return
+        models = list(serving.get("models", ["maf"]))
+        trained = [m for m in models if m in self._trained]
+        if not trained:  # e.g. a data-side run: no model code (torch) is imported
+            return
+        from maf_pipeline.inference import FEATURE_DATASETS, raw_user_histories
+        from maf_pipeline.serving import log_recommender
+
+        for model in trained:
+            dataset = catalog.get(f"{model}.trained_model")
+            meta = dataset.load()["__metadata__"]
+            features = {
+                FEATURE_DATASETS[m]: _local_path(catalog.get(FEATURE_DATASETS[m]))
+                for m in meta.get("feature_dims", {})
+            }
+            histories = raw_user_histories(
+                *(
+                    catalog.load(n)
+                    for n in ("user_index", "train_sequences", "valid_sequences", "test_sequences")
+                )
+            )
+            params = dict(serving)
+            if (
+                model != models[0]
+            ):  # the first listed model is `model` (and the registered name), others suffixed
+                params["artifact_path"] = f"{serving.get('artifact_path', 'model')}_{model}"
+                if serving.get("registered_model_name"):
+                    params["registered_model_name"] = f"{serving['registered_model_name']}-{model}"
+            info = log_recommender(
+                _local_path(dataset),
+                catalog.load("item_index"),
+                catalog.load("filtered_items"),
+                histories,
+                features,
+                params,
+            )
+            logger.info("logged %s as MLflow Model %s", model, info.model_uri)
+
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
         """Log what ``dataset_name`` holds to the active run (histories, metrics, artifact files)."""
@@ -123,6 +259,8 @@ class MlflowReportingHook:
         if run is None:
             return
         model, _, kind = dataset_name.rpartition(".")
+        if kind == "trained_model":
+            self._trained.append(model)
         try:
             if kind == "training_history" and isinstance(data, dict):
                 self._log_history(run.info.run_id, model, data)

@@ -74,7 +74,7 @@ def top_k(
     items_out = np.zeros((len(histories), k), dtype=np.int64)
     scores_out = np.full((len(histories), k), -np.inf, dtype=np.float32)
     for start in range(0, len(histories), batch_size):
-        chunk = [np.asarray(h, dtype=np.int64) for h in histories[start : start + batch_size]]
+        chunk = [np.array(h, dtype=np.int64) for h in histories[start : start + batch_size]]  # writable
         seq = torch.from_numpy(pad_right(chunk, max_len)).to(device)
         scores = model.full_sort_scores(seq).float()
         scores[:, 0] = float("-inf")
@@ -112,25 +112,66 @@ def recommendation_frame(
     return frame
 
 
-class Recommender:
-    """A trained model with its item id map and titles: raw item ids in, top-k raw item ids and titles out."""
+def check_k(k: Any) -> int:
+    """``k`` as an int >= 1, or a ``ValueError`` saying what was given (torch's own error is cryptic)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
 
-    def __init__(self, model: torch.nn.Module, item_index: pd.DataFrame, items: pd.DataFrame | None = None):
+
+def _id_list(values: Any, what: str) -> list[str]:
+    """Raw ids from a list/tuple/array/Series; a lone string is refused (not a list of characters)."""
+    if isinstance(values, str | bytes):
+        raise TypeError(
+            f"{what} must be a sequence of raw ids, not a string: use [{values!r}] for a single id"
+        )
+    if values is None or not hasattr(values, "__iter__"):
+        raise TypeError(f"{what} must be a sequence of raw ids, got {type(values).__name__}")
+    return [str(v) for v in values]
+
+
+class Recommender:
+    """A trained model with its item id map and titles: raw item ids in, top-k raw item ids and titles out.
+
+    With ``histories`` (raw user id -> item_idx sequence, as ``user_histories`` builds them) it also
+    recommends for known users by id (``recommend_users``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        item_index: pd.DataFrame,
+        items: pd.DataFrame | None = None,
+        histories: dict[str, np.ndarray] | None = None,
+    ):
         self.model = model.eval()
         self.item_ids = np.empty(int(item_index["item_idx"].max()) + 1, dtype=object)
         self.item_ids[0] = ""
         self.item_ids[item_index["item_idx"].to_numpy()] = item_index["item_id"].astype(str).to_numpy()
         self.index_of = dict(zip(item_index["item_id"].astype(str), item_index["item_idx"], strict=True))
         self.titles = {} if items is None else dict(zip(items["item_id"], items["title"], strict=False))
+        self.histories = histories or {}
 
     @classmethod
     def from_catalog(cls, catalog: Any, model: str = "maf") -> Recommender:
-        """Load ``<model>.trained_model``, ``item_index``, ``filtered_items`` and the feature tables the model
-        uses from a Kedro ``DataCatalog`` (e.g. ``catalog`` in a notebook after ``%reload_kedro``)."""
+        """Load ``<model>.trained_model``, ``item_index``, ``filtered_items``, the users' histories and the
+        feature tables the model uses from a Kedro ``DataCatalog`` (e.g. ``catalog`` in a notebook after
+        ``%reload_kedro``)."""
         artifact = catalog.load(f"{model}.trained_model")
         used = artifact["__metadata__"].get("feature_dims", {})
         features = {name: catalog.load(FEATURE_DATASETS[name])["features"] for name in used}
-        return cls(load_model(artifact, features), catalog.load("item_index"), catalog.load("filtered_items"))
+        sequences = ("user_index", "train_sequences", "valid_sequences", "test_sequences")
+        histories = (
+            raw_user_histories(*(catalog.load(name) for name in sequences))
+            if all(catalog.exists(name) for name in sequences)
+            else None  # item sequences only (e.g. the sequences were never written here)
+        )
+        return cls(
+            load_model(artifact, features),
+            catalog.load("item_index"),
+            catalog.load("filtered_items"),
+            histories,
+        )
 
     @classmethod
     def from_project(
@@ -150,18 +191,70 @@ class Recommender:
         """Top-``k`` next items after the sequence ``item_ids`` (raw ids, oldest first).
 
         Ids the model does not know are skipped with a warning; if none is known a ``ValueError`` says so.
+        A single id must be given as a list (``["B0..."]``): a string is refused, not split into characters.
         """
-        known = [self.index_of[str(i)] for i in item_ids if str(i) in self.index_of]
-        unknown = [str(i) for i in item_ids if str(i) not in self.index_of]
+        item_ids = _id_list(item_ids, "item_ids")
+        k = check_k(k)
+        known = [self.index_of[i] for i in item_ids if i in self.index_of]
+        unknown = [i for i in item_ids if i not in self.index_of]
         if unknown:
             logger.warning("%d item ids unknown to the model are skipped: %s", len(unknown), unknown[:10])
         if not known:
             raise ValueError(
                 f"none of the {len(item_ids)} item ids is known to the model (e.g. {unknown[:3]})"
             )
-        items, scores = top_k(self.model, [np.asarray(known, dtype=np.int64)], k, exclude_seen)
-        frame = recommendation_frame(["query"], "query", items, scores, self.item_ids, self.titles)
+        frame = self.recommend_histories([np.asarray(known, dtype=np.int64)], k, exclude_seen)
         return frame.drop(columns="query")
+
+    def recommend_users(
+        self, user_ids: Sequence[str], k: int = 10, exclude_seen: bool = True
+    ) -> pd.DataFrame:
+        """Top-``k`` items after each known user's whole history (as the ``recommend`` pipeline does):
+        ``user_id, rank, item_id, title, score``; unknown users are logged and get no rows."""
+        user_ids = _id_list(user_ids, "user_ids")
+        k = check_k(k)
+        known = [u for u in dict.fromkeys(user_ids) if u in self.histories]
+        unknown = [u for u in user_ids if u not in self.histories]
+        if unknown:
+            logger.warning(
+                "%d user ids unknown to the model get no recommendations: %s", len(unknown), unknown[:10]
+            )
+        frame = self.recommend_histories([self.histories[u] for u in known], k, exclude_seen)
+        frame["query"] = pd.array([known[i] for i in frame["query"]], dtype=str)
+        return frame.rename(columns={"query": "user_id"})
+
+    def recommend_histories(
+        self, histories: Sequence[np.ndarray], k: int = 10, exclude_seen: bool = True
+    ) -> pd.DataFrame:
+        """Top-``k`` for item_idx sequences in one batch: ``query`` (position in ``histories``), ``rank``,
+        ``item_id``, ``title``, ``score``."""
+        k = check_k(k)
+        if not histories:
+            return recommendation_frame(
+                [],
+                "query",
+                np.zeros((0, k), np.int64),
+                np.zeros((0, k), np.float32),
+                self.item_ids,
+                self.titles,
+            ).astype({"query": "int64"})
+        items, scores = top_k(self.model, list(histories), k, bool(exclude_seen))
+        frame = recommendation_frame(
+            list(range(len(histories))), "query", items, scores, self.item_ids, self.titles
+        )
+        return frame.astype({"query": "int64"})
+
+
+def raw_user_histories(
+    user_index: pd.DataFrame,
+    train_sequences: pd.DataFrame,
+    valid_sequences: pd.DataFrame,
+    test_sequences: pd.DataFrame,
+) -> dict[str, np.ndarray]:
+    """``user_histories`` keyed by raw user id (``user_index``) instead of user_idx."""
+    by_idx = user_histories(train_sequences, valid_sequences, test_sequences)
+    ids = dict(zip(user_index["user_idx"].astype(int), user_index["user_id"].astype(str), strict=True))
+    return {ids[i]: h for i, h in by_idx.items() if i in ids}
 
 
 def _absolute_paths(entry: Any, root: Path) -> Any:

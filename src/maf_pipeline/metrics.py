@@ -22,13 +22,14 @@ DEFAULT_KS = (10, 20)
 def pessimistic_rank(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Tensor:
     """1-based rank of column ``target_col[b]`` in each row of ``scores`` ``(B, C)``, ties counted against it.
 
-    Columns scored -inf that are not the target (padding, masked items) rank below a finite target.
+    Columns scored -inf that are not the target (padding, masked items) rank below a finite target. Equals
+    ``1 + #{higher} + #{other equal}`` with NaN read as -inf, i.e. ``#{columns >= target}``, computed with one
+    boolean ``(B, C)`` temporary and no copy of ``scores``.
     """
-    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
-    target = scores.gather(1, target_col[:, None])
-    higher = (scores > target).sum(dim=1)
-    ties = (scores == target).sum(dim=1) - 1
-    return 1 + higher + ties
+    target = scores.gather(1, target_col[:, None]).float()
+    at_least = (scores >= target.to(scores.dtype)).sum(dim=1)
+    bottom = torch.isnan(target[:, 0]) | (target[:, 0] == float("-inf"))  # everything is >= -inf
+    return torch.where(bottom, scores.size(1), at_least)
 
 
 def metric_values(ranks: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
@@ -90,7 +91,7 @@ def sample_negatives(
 @torch.no_grad()
 def rank_targets(
     scorer: torch.nn.Module,
-    histories: Sequence[np.ndarray],
+    histories: Sequence[np.ndarray] | np.ndarray,
     targets: np.ndarray,
     max_len: int,
     batch_size: int = 512,
@@ -98,37 +99,64 @@ def rank_targets(
     negatives: np.ndarray | None = None,
     device: torch.device | str = "cpu",
     desc: str = "ranking",
+    max_scores: int | None = None,
 ) -> np.ndarray:
     """Pessimistic 1-based rank of each target under ``scorer.full_sort_scores`` (eval mode, no grad).
 
     Full protocol: candidates are all items but padding, minus ``exclude[u]`` (history masking; the target
     itself is never excluded). Sampled protocol (``negatives`` given, ``(U, n)``): candidates are the target
-    and its negatives.
+    and its negatives. ``histories`` may be given already right-padded (``(U, L)`` array, see
+    :func:`pad_right`). ``max_scores`` bounds the users x items score matrix of a batch (memory): batches
+    shrink to ``max_scores // (N + 1)`` users when that is below ``batch_size``. Users are batched in order
+    of history length (little padding for the encoder); ranks stay on the device until the end (one sync).
     """
     was_training = scorer.training
     scorer.eval()
+    device = torch.device(device)
     targets = np.array(targets, dtype=np.int64)  # a writable copy (pandas arrays may be read-only)
-    ranks = np.empty(len(targets), dtype=np.int64)
+    padded = histories if isinstance(histories, np.ndarray) and histories.ndim == 2 else None
+    if padded is None:
+        padded = pad_right(histories, max_len)
+    padded = padded[:, -max_len:] if padded.shape[1] > max_len else padded
+    lengths = (padded > 0).sum(axis=1)
+    num_columns = int(getattr(scorer, "num_items", 0)) + 1
+    if max_scores:
+        batch_size = max(1, min(batch_size, int(max_scores) // max(num_columns, 1)))
+    order = np.argsort(lengths, kind="stable")  # users of similar history length share a batch
+    out = []
     starts = range(0, len(targets), batch_size)
     for start in tqdm(starts, desc=desc, disable=None, leave=False):
-        stop = min(start + batch_size, len(targets))
-        seq = torch.from_numpy(pad_right(histories[start:stop], max_len)).to(device)
-        tgt = torch.from_numpy(targets[start:stop]).to(device)
-        scores = scorer.full_sort_scores(seq).float().clone()
+        users = order[start : start + batch_size]
+        width = max(int(lengths[users].max(initial=0)), 1)
+        seq = _to(padded[users, :width], device)
+        tgt = _to(targets[users], device)
+        scores = scorer.full_sort_scores(seq)
         if negatives is not None:
-            cand = torch.cat([tgt[:, None], torch.from_numpy(negatives[start:stop]).to(device)], dim=1)
-            cand_scores = scores.gather(1, cand)
-            cand_scores[:, 1:][cand[:, 1:] == 0] = float("-inf")
-            ranks[start:stop] = pessimistic_rank(cand_scores, torch.zeros_like(tgt)).cpu().numpy()
+            cand = torch.cat([tgt[:, None], _to(negatives[users], device)], dim=1)
+            cand_scores = scores.gather(1, cand).float()
+            cand_scores[:, 1:] = cand_scores[:, 1:].masked_fill(cand[:, 1:] == 0, float("-inf"))
+            out.append(pessimistic_rank(cand_scores, torch.zeros_like(tgt)))
             continue
         if exclude is not None:
-            rows = [np.full(len(e), i) for i, e in enumerate(exclude[start:stop])]
+            excluded = [np.asarray(exclude[u], dtype=np.int64) for u in users]
+            rows = [np.full(len(e), i) for i, e in enumerate(excluded)]
             if rows and sum(len(r) for r in rows):
-                r = torch.from_numpy(np.concatenate(rows)).to(device)
-                c = torch.from_numpy(np.concatenate(exclude[start:stop]).astype(np.int64)).to(device)
+                r = _to(np.concatenate(rows), device)
+                c = _to(np.concatenate(excluded), device)
+                if scores._is_view():  # e.g. an expanded row: mask a copy, never the scorer's tensor
+                    scores = scores.clone()
                 keep = scores.gather(1, tgt[:, None])
-                scores[r, c] = float("-inf")
+                scores.index_put_((r, c), torch.tensor(float("-inf"), device=device))
                 scores.scatter_(1, tgt[:, None], keep)  # the target is never masked
-        ranks[start:stop] = pessimistic_rank(scores, tgt).cpu().numpy()
+        out.append(pessimistic_rank(scores, tgt))
     scorer.train(was_training)
+    ranks = np.empty(len(targets), dtype=np.int64)
+    if out:
+        ranks[order] = torch.cat(out).cpu().numpy()
     return ranks
+
+
+def _to(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device`` (pinned and non-blocking on CUDA)."""
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t

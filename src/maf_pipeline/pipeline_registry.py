@@ -1,7 +1,8 @@
-"""Project pipelines: each folder under ``pipelines/`` plus the ``full`` chain."""
+"""Project pipelines: each folder under ``pipelines/`` plus the ``data`` and ``full`` chains."""
 
 from importlib import import_module, resources
 
+from kedro.framework.project import pipelines as project_pipelines
 from kedro.pipeline import Pipeline
 
 # Order of the end-to-end chain; a stage appears here once its pipeline exists.
@@ -15,6 +16,22 @@ FULL_CHAIN = (
     "reporting",
     "recommend",
 )
+# The data side (raw files through sequences, images included) is built from modules that never import
+# torch: `kedro run --pipelines=data` keeps the process lean (torch alone is ~500 MB of RSS).
+DATA_STAGES = ("ingestion", "preprocessing", "sequences")
+LIGHT_PIPELINES = frozenset({"data", *DATA_STAGES})
+
+
+def _stage(name: str) -> Pipeline:
+    return import_module(f"maf_pipeline.pipelines.{name}").create_pipeline().tag(name)
+
+
+def _data_pipeline(stages: dict[str, Pipeline]) -> Pipeline:
+    """Ingestion, preprocessing, the image nodes of ``features`` and sequences: everything up to training."""
+    from maf_pipeline.pipelines.features.pipeline import create_image_pipeline
+
+    images = create_image_pipeline().tag("features")
+    return sum((stages[name] for name in DATA_STAGES), images)
 
 
 def _discover() -> dict[str, Pipeline]:
@@ -29,13 +46,21 @@ def _discover() -> dict[str, Pipeline]:
         for p in package.iterdir()
         if (p / "__init__.py").is_file() and not p.name.startswith(("_", "."))
     )
-    modules = {name: import_module(f"maf_pipeline.pipelines.{name}") for name in names}
-    return {name: module.create_pipeline().tag(name) for name, module in modules.items()}
+    return {name: _stage(name) for name in names}
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register every discovered pipeline and ``full`` (also ``__default__``), the whole chain."""
+    """Every discovered pipeline, ``data`` and ``full`` (also ``__default__``).
+
+    When the command line names only data-side pipelines (``kedro run --pipelines=data``), only those are
+    built, the way Kedro's own ``find_pipelines`` honours that selection, so no model code is imported.
+    """
+    requested = set(getattr(project_pipelines, "_requested_pipelines", None) or ())
+    if requested and requested <= LIGHT_PIPELINES:
+        stages = {name: _stage(name) for name in DATA_STAGES}
+        return {**stages, "data": _data_pipeline(stages)}
     pipelines = _discover()
+    pipelines["data"] = _data_pipeline(pipelines)
     full = sum((pipelines[name] for name in FULL_CHAIN if name in pipelines), Pipeline([]))
     pipelines["full"] = full
     pipelines["__default__"] = full

@@ -1,4 +1,8 @@
-"""Tensors through the catalog as safetensors files (no pickle)."""
+"""Tensors through the catalog as safetensors files (no pickle).
+
+torch is imported on the first load or save, not with the module: kedro-mlflow builds every catalog entry
+when a run starts, and a data-side run (``--pipelines=data``) must not pay torch's ~500 MB of RSS for it.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from kedro.io import AbstractDataset, DatasetError
-from safetensors.torch import load_file, save_file
 
 from maf_pipeline.locks import atomic_write
 
@@ -29,8 +31,10 @@ class SafetensorsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
     def load(self) -> dict[str, Any]:
         if not self._filepath.exists():
             raise DatasetError(f"No tensor file at {self._filepath}")
-        tensors: dict[str, Any] = dict(load_file(str(self._filepath)))
         from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        tensors: dict[str, Any] = dict(load_file(str(self._filepath)))
 
         with safe_open(str(self._filepath), framework="pt") as handle:
             raw = (handle.metadata() or {}).get("json")
@@ -39,6 +43,9 @@ class SafetensorsDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
         return tensors
 
     def save(self, data: dict[str, Any]) -> None:
+        import torch
+        from safetensors.torch import save_file
+
         data = dict(data)
         meta = data.pop(_META_KEY, None)
         tensors = {k: v.detach().contiguous().cpu() for k, v in data.items() if isinstance(v, torch.Tensor)}

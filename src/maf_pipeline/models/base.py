@@ -14,6 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import (
+    LOSSES,
+    chunked_cross_entropy,
+    draw_negatives,
+    sampled_softmax_loss,
+    sampling_log_probs,
+)
+
 
 class SequentialRecommender(nn.Module):
     """Base class: ``forward`` gives a hidden state per position; scoring, losses and evaluation follow.
@@ -31,6 +39,60 @@ class SequentialRecommender(nn.Module):
         super().__init__()
         self.num_items, self.max_len = int(num_items), int(max_len)
         self.aux_loss_weight = 1.0
+        self.loss_kind, self.loss_chunk_size, self.num_negatives = "full", None, 0
+        self.negative_log_probs: torch.Tensor | None = None  # log q of the sampler (sampled softmax)
+        self.uniform_negatives = True
+
+    def configure_loss(
+        self,
+        loss: str = "full",
+        chunk_size: int | None = None,
+        num_negatives: int = 256,
+        negative_sampling: str = "uniform",
+        target_counts: torch.Tensor | None = None,
+    ) -> None:
+        """Choose the next-item loss of ``training_step`` (the model's output and evaluation are unchanged).
+
+        ``full``: softmax over all items (eq 7), in chunks of ``chunk_size`` items when set (same loss and
+        gradients, memory O(positions x chunk)). ``sampled_softmax``: ``num_negatives`` items per batch
+        drawn ``uniform`` or by ``popularity`` (``target_counts``: training target counts ``(N + 1,)``),
+        logQ-corrected.
+        """
+        if loss not in LOSSES:
+            raise ValueError(f"training.loss must be one of {LOSSES}, got {loss!r}")
+        self.loss_kind = loss
+        self.loss_chunk_size = int(chunk_size) if chunk_size else None
+        if loss == "sampled_softmax":
+            if int(num_negatives) < 1:
+                raise ValueError(f"num_negatives must be >= 1, got {num_negatives}")
+            counts = target_counts if target_counts is not None else torch.zeros(self.num_items + 1)
+            if counts.numel() != self.num_items + 1:
+                raise ValueError(f"target_counts must have num_items + 1 = {self.num_items + 1} entries")
+            self.num_negatives = int(num_negatives)
+            self.uniform_negatives = negative_sampling == "uniform"
+            device = self.item_embeddings().device
+            self.negative_log_probs = sampling_log_probs(counts.to(device), negative_sampling)
+
+    def output_bias(self) -> torch.Tensor | None:
+        """A per-item output bias ``(N + 1,)`` added to the logits, if the model has one."""
+        return None
+
+    def next_item_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-item loss of hidden states ``(M, d)`` against targets ``(M,)`` (``configure_loss``)."""
+        weight, bias = self.item_embeddings(), self.output_bias()
+        if self.loss_kind == "sampled_softmax" and self.training:
+            log_q = self.negative_log_probs
+            if log_q.device != weight.device:  # the model moved after configure_loss
+                log_q = self.negative_log_probs = log_q.to(weight.device)
+            negatives = draw_negatives(log_q, self.num_negatives, self.uniform_negatives)
+            return sampled_softmax_loss(hidden, weight, targets, negatives, log_q, bias)
+        if self.loss_chunk_size:
+            return chunked_cross_entropy(hidden, weight, targets, bias, self.loss_chunk_size)
+        return F.cross_entropy(self.score(hidden).float(), targets)
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states ``(B, L, d)`` of a training batch (feature models also read ``items``)."""
+        return self(batch["item_seq"])
 
     def forward(self, item_seq: torch.Tensor, return_attention: bool = False) -> Any:
         """Hidden states ``(B, L, d)`` for a right-padded batch (and attention maps when asked)."""
@@ -43,6 +105,9 @@ class SequentialRecommender(nn.Module):
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``hidden @ M_id^T`` over all items ``(..., N + 1)``, the padding column at -inf (eq 7)."""
         logits = hidden @ self.item_embeddings().T
+        bias = self.output_bias()
+        if bias is not None:
+            logits = logits + bias
         logits[..., 0] = float("-inf")
         return logits
 
@@ -53,14 +118,13 @@ class SequentialRecommender(nn.Module):
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss parts for one batch; ``"loss"`` is the total to minimise.
 
-        Full-softmax cross-entropy (eq 7) at non-padding targets only: the hidden states at those positions
-        are gathered first, so the ``(M, N + 1)`` logits cost is paid for real targets, not for padding.
+        Next-item loss (eq 7, see ``configure_loss``) at non-padding targets only: the hidden states at those
+        positions are gathered first (by index, no host sync), so the logits cost is paid for real targets.
         """
-        item_seq, target_seq = batch["item_seq"], batch["target_seq"]
-        hidden = self(item_seq)
-        where = target_seq > 0
-        h, targets = hidden[where], target_seq[where]
-        loss_id = F.cross_entropy(self.score(h).float(), targets)
+        hidden = self.encode(batch)
+        index, targets = target_positions(batch)
+        h = hidden.reshape(-1, hidden.size(-1)).index_select(0, index)
+        loss_id = self.next_item_loss(h, targets)
         parts = {"id": loss_id, **self.extra_losses(h, targets)}
         total = loss_id
         for name, value in parts.items():
@@ -95,3 +159,24 @@ class SequentialRecommender(nn.Module):
             if isinstance(module, nn.Embedding) and module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
+
+
+def target_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions ``(M,)`` of the batch's targets in ``(B * L)`` and the targets ``(M,)``.
+
+    Taken from the batch when the trainer computed them on the host; else found on the device (a sync).
+    """
+    if "target_index" in batch:
+        return batch["target_index"], batch["targets"]
+    flat = batch["target_seq"].reshape(-1)
+    index = torch.nonzero(flat > 0).squeeze(1)
+    return index, flat[index]
+
+
+def unique_items(
+    item_seq: torch.Tensor, items: torch.Tensor | None = None, inverse: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct items of a batch and each position's index into them (``torch.unique`` unless given)."""
+    if items is not None and inverse is not None:
+        return items, inverse
+    return torch.unique(item_seq, return_inverse=True)

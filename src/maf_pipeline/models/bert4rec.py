@@ -79,11 +79,9 @@ class BERT4Rec(SequentialRecommender):
         """Rows ``0..N`` of the item table (the mask row is never a candidate)."""
         return self.item_emb.weight[: self.num_items + 1]
 
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits ``h E^T + b^O`` over items ``0..N`` with padding at -inf (paper eq 7)."""
-        logits = hidden @ self.item_embeddings().T + self.out_bias
-        logits[..., 0] = float("-inf")
-        return logits
+    def output_bias(self) -> torch.Tensor:
+        """The output bias b^O: logits are ``h E^T + b^O`` over items ``0..N`` (paper eq 7)."""
+        return self.out_bias
 
     @staticmethod
     def full_windows(item_seq: torch.Tensor, target_seq: torch.Tensor) -> torch.Tensor:
@@ -106,7 +104,7 @@ class BERT4Rec(SequentialRecommender):
         none = ~masked.any(dim=1) & (lengths > 0)  # last-only windows, and windows the draw left unmasked
         masked[rows[none], lengths[none] - 1] = True
         hidden = self(seq.masked_fill(masked, self.mask_token))
-        loss = F.cross_entropy(self.score(hidden[masked]).float(), seq[masked])
+        loss = self.next_item_loss(hidden[masked], seq[masked])
         return {"id": loss, "loss": loss}
 
     def last_hidden(self, item_seq: torch.Tensor) -> torch.Tensor:

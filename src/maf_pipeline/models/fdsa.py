@@ -68,18 +68,28 @@ class FDSA(SequentialRecommender):
         """Attention weights ``(B, L, F)`` over the feature fields ``(B, L, F, d)`` of each item."""
         return torch.softmax(self.field_attn(fields).squeeze(-1), dim=-1)
 
-    def forward(self, item_seq: torch.Tensor, return_attention: bool = False):
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states of a training batch, with its host-computed distinct items when present."""
+        return self(batch["item_seq"], items=batch.get("items"), inverse=batch.get("item_inverse"))
+
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        return_attention: bool = False,
+        items: torch.Tensor | None = None,
+        inverse: torch.Tensor | None = None,
+    ):
         """Hidden states ``(B, L, d)``; with ``return_attention`` per-layer ``{"item", "feature"}`` maps."""
         pos = self.pos_emb(torch.arange(item_seq.size(1), device=item_seq.device))
         x = self.dropout(self.ln(self.item_emb(item_seq) + pos))
-        fields = self.fields(item_seq)
+        fields = self.fields(item_seq, items, inverse)
         f = (self.field_weights(fields).unsqueeze(-1) * fields).sum(dim=-2)
         f = self.dropout(self.ln(f + pos))
         mask = attention_mask(item_seq)
         maps = []
         for item_block, feature_block in zip(self.item_blocks, self.feature_blocks, strict=True):
-            x, mi = item_block(x, mask, return_attention=return_attention)
-            f, mf = feature_block(f, mask, return_attention=return_attention)
+            x, mi = item_block(x, mask, return_attention=return_attention, causal=True)
+            f, mf = feature_block(f, mask, return_attention=return_attention, causal=True)
             maps.append({"item": mi["id"], "feature": mf["id"]} if return_attention else None)
         out = self.dropout(self.ln(self.concat(torch.cat([x, f], dim=-1))))
         return (out, maps) if return_attention else out

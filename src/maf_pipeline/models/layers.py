@@ -52,6 +52,14 @@ class FusedSelfAttention(nn.Module):
     ``F`` is one of ``sum``, ``concat``, ``gate`` (see :class:`maf_pipeline.models.maf.MAF`); ``s`` is
     ``sqrt(d_h)`` (``scale: head``, standard and DIF-SR's choice) or ``sqrt(d)`` (``scale: model``, as eq 6 is
     written). With ``d_mm == 0`` there is no multimodal branch and this is SASRec's attention exactly.
+
+    With ``fused`` (default) and ``sum`` fusion (or no multimodal branch) the whole head is one
+    ``F.scaled_dot_product_attention`` call: ``A + B = [Q, Q_m] [K, K_m]^T`` per head, so concatenating the
+    query and key heads gives the fused scores, and ``scale=1/s`` keeps the explicit scale (SDPA's default
+    would be ``1/sqrt(d_h + d'_h)``). ``causal`` callers (right-padded causal models) pass ``is_causal``
+    instead of the mask: rows of real items see only earlier real items either way; padding rows, whose
+    outputs no loss or score reads, then attend to earlier padding too. Attention maps and ``concat``/``gate``
+    use the explicit scores.
     """
 
     def __init__(
@@ -65,6 +73,7 @@ class FusedSelfAttention(nn.Module):
         fusion: str = "sum",
         max_len: int = 50,
         scale: str = "head",
+        fused: bool = True,
         side_values: bool = False,
     ) -> None:
         super().__init__()
@@ -77,6 +86,7 @@ class FusedSelfAttention(nn.Module):
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
         self.n_heads, self.d_mm, self.fusion, self.max_len = n_heads, d_mm, fusion, max_len
+        self.fused = bool(fused) and (not d_mm or fusion == "sum")
         self.scale = math.sqrt(d // n_heads if scale == "head" else d)
         self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
         self.out = nn.Linear(d, d)
@@ -129,16 +139,33 @@ class FusedSelfAttention(nn.Module):
         mask: torch.Tensor,
         e_mm: torch.Tensor | None = None,
         return_attention: bool = False,
+        causal: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """Attend over ``x`` (B, L, d) under ``mask`` (B, 1, L, L); ``e_mm`` (B, L, d') is E_m when fusing."""
+        """Attend over ``x`` (B, L, d) under ``mask`` (B, 1, L, L); ``e_mm`` (B, L, d') is E_m when fusing.
+
+        ``causal``: the mask is the causal + right-padding mask of :func:`attention_mask`.
+        """
+        if self.d_mm and e_mm is None:
+            raise ValueError("this attention layer fuses multimodal scores: pass e_mm")
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
         if self.v_mm is not None and e_mm is not None:
             v = v + self._split(self.v_mm(e_mm))
+        if self.fused and not return_attention:
+            if self.d_mm:  # [Q, Q_m][K, K_m]^T = att_ID + att_m (eqs 5-6 with F = sum)
+                q = torch.cat([q, self._split(self.q_mm(e_mm)).to(q.dtype)], dim=-1)
+                k = torch.cat([k, self._split(self.k_mm(e_mm)).to(k.dtype)], dim=-1)
+            ctx = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=None if causal else mask,
+                dropout_p=self.attn_dropout.p if self.training else 0.0,
+                is_causal=causal,
+                scale=1.0 / self.scale,
+            )  # fmt: skip
+            ctx = ctx.transpose(1, 2).reshape(x.shape)
+            return self.ln(x + self.dropout(self.out(ctx))), None
         att_id = q @ k.transpose(-1, -2)  # eq 5, item-ID scores
         maps: dict[str, torch.Tensor] = {}
         if self.d_mm:
-            if e_mm is None:
-                raise ValueError("this attention layer fuses multimodal scores: pass e_mm")
             qm, km = self._split(self.q_mm(e_mm)), self._split(self.k_mm(e_mm))
             att_mm = qm @ km.transpose(-1, -2)  # eq 5, multimodal scores
             scores = self._fuse(att_id, att_mm, mask)  # eq 6, F(att_ID, att_m)
@@ -177,7 +204,8 @@ class Block(nn.Module):
         mask: torch.Tensor,
         e_mm: torch.Tensor | None = None,
         return_attention: bool = False,
+        causal: bool = False,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """Return the block output and, when asked, its attention maps."""
-        x, maps = self.attn(x, mask, e_mm, return_attention)
+        x, maps = self.attn(x, mask, e_mm, return_attention, causal)
         return self.ffn(x), maps

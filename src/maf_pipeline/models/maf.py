@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SequentialRecommender
+from .base import SequentialRecommender, unique_items
 from .layers import Block, attention_mask
 
 MODALITIES = ("image", "text", "category")
@@ -31,6 +31,10 @@ class MAF(SequentialRecommender):
     Then ``head = softmax(mask(F) / s) (R W_V)`` with ``s = sqrt(d_h)`` (``scale: head``, the standard choice
     and DIF-SR's) or ``s = sqrt(d)`` (``scale: model``, eq 6 as printed). Heads are concatenated, projected,
     and followed by FFN, residuals, dropout and LayerNorm as in SASRec (eq 4).
+
+    ``fused_attention`` (default) computes ``softmax(mask(A + B) / s) V`` as one
+    ``scaled_dot_product_attention`` call on ``[Q, Q_m]`` and ``[K, K_m]`` (the scores add), for ``sum`` and
+    for SASRec; ``concat``/``gate`` and attention maps use the explicit scores.
 
     Levers beyond the paper (default off, for tuning on validation): ``side_values`` also adds
     ``E_m W_V^m`` to each block's values (by default, as in DIF-SR, side information shapes only the
@@ -74,6 +78,7 @@ class MAF(SequentialRecommender):
         attn_dropout: float = 0.5,
         layer_norm_eps: float = 1e-12,
         init_std: float = 0.02,
+        fused_attention: bool = True,
         side_values: bool = False,
         mm_dropout: float = 0.0,
     ) -> None:
@@ -96,6 +101,7 @@ class MAF(SequentialRecommender):
         self.dropout = nn.Dropout(dropout)
         mm = {
             "scale": scale,
+            "fused": fused_attention,
             **({"d_mm": d_mm, "fusion": fusion, "max_len": max_len} if self.modalities else {}),
             **({"side_values": True} if self.modalities and side_values else {}),
         }
@@ -143,22 +149,37 @@ class MAF(SequentialRecommender):
         """The fixed feature table of a modality, ``(N + 1, dim)``, on the model's device."""
         return getattr(self, f"feat_{name}")
 
-    def multimodal_embedding(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """E_m ``(B, L, d')`` (eq 3), projecting only the distinct items of the batch."""
-        uniq, inverse = torch.unique(item_seq, return_inverse=True)
+    def multimodal_embedding(
+        self, item_seq: torch.Tensor, items: torch.Tensor | None = None, inverse: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """E_m ``(B, L, d')`` (eq 3), projecting only the distinct items of the batch (``items``/``inverse``
+        when the trainer computed them on the host, else ``torch.unique``)."""
+        uniq, inverse = unique_items(item_seq, items, inverse)
         e = sum(self.mm_proj[name](self.feature(name)[uniq].float()) for name in self.modalities)
         return e[inverse]
 
-    def forward(self, item_seq: torch.Tensor, return_attention: bool = False):
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states of a training batch, with its host-computed distinct items when present."""
+        return self(batch["item_seq"], items=batch.get("items"), inverse=batch.get("item_inverse"))
+
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        return_attention: bool = False,
+        items: torch.Tensor | None = None,
+        inverse: torch.Tensor | None = None,
+    ):
         """Hidden states ``(B, L, d)`` (R^L of eq 4); with ``return_attention`` also per-layer maps
         ``{"id", "mm", "fused"}`` of shape ``(B, h, L, L)``: softmaxes of the ID, multimodal, fused scores."""
         positions = torch.arange(item_seq.size(1), device=item_seq.device)
         x = self.dropout(self.ln(self.item_emb(item_seq) + self.pos_emb(positions)))  # R^1 (eq 2)
-        e_mm = self.mm_dropout(self.multimodal_embedding(item_seq)) if self.modalities else None
+        e_mm = (
+            self.mm_dropout(self.multimodal_embedding(item_seq, items, inverse)) if self.modalities else None
+        )
         mask = attention_mask(item_seq)
         maps = []
         for block in self.blocks:
-            x, m = block(x, mask, e_mm, return_attention)  # eq 4
+            x, m = block(x, mask, e_mm, return_attention, causal=True)  # eq 4
             maps.append(m)
         return (x, maps) if return_attention else x
 

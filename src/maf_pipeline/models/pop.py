@@ -26,5 +26,6 @@ class Popularity(nn.Module):
         return cls(np.bincount(np.asarray(flat, dtype=np.int64), minlength=num_items + 1)[: num_items + 1])
 
     def full_sort_scores(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """The same count vector for every row of the batch, ``(B, N + 1)``."""
-        return self.counts.expand(item_seq.size(0), -1)
+        """The same count vector for every row of the batch, ``(B, N + 1)`` (a fresh tensor: callers mask
+        items in place)."""
+        return self.counts.expand(item_seq.size(0), -1).clone()

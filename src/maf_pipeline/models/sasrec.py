@@ -10,7 +10,10 @@ from .layers import Block, attention_mask
 
 
 class SASRec(SequentialRecommender):
-    """Self-attentive sequential recommendation with a tied input/output item table and full-softmax CE."""
+    """Self-attentive sequential recommendation with a tied input/output item table and full-softmax CE.
+
+    ``fused_attention`` (default) runs each attention as one ``scaled_dot_product_attention`` call.
+    """
 
     architecture = "sasrec"
 
@@ -26,6 +29,7 @@ class SASRec(SequentialRecommender):
         attn_dropout: float = 0.5,
         layer_norm_eps: float = 1e-12,
         init_std: float = 0.02,
+        fused_attention: bool = True,
     ) -> None:
         super().__init__(num_items, max_len)
         self.item_emb = nn.Embedding(num_items + 1, d, padding_idx=0)
@@ -33,7 +37,8 @@ class SASRec(SequentialRecommender):
         self.ln = nn.LayerNorm(d, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d, n_heads, d_ff, dropout, attn_dropout, layer_norm_eps) for _ in range(n_layers)
+            Block(d, n_heads, d_ff, dropout, attn_dropout, layer_norm_eps, fused=fused_attention)
+            for _ in range(n_layers)
         )
         self.init_weights(init_std)
 
@@ -44,7 +49,7 @@ class SASRec(SequentialRecommender):
         mask = attention_mask(item_seq)
         maps = []
         for block in self.blocks:
-            x, m = block(x, mask, return_attention=return_attention)
+            x, m = block(x, mask, return_attention=return_attention, causal=True)
             maps.append(m)
         return (x, maps) if return_attention else x
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SequentialRecommender
+from .base import SequentialRecommender, unique_items
 from .layers import Block, attention_mask
 from .maf import MAF, MODALITIES
 
@@ -37,9 +37,11 @@ class FeatureFields(nn.Module):
             self.register_buffer(f"feat_{name}", table, persistent=False)
             self.proj[name] = nn.Linear(table.size(1), d, bias=False)
 
-    def forward(self, item_seq: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, item_seq: torch.Tensor, items: torch.Tensor | None = None, inverse: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Field embeddings ``(B, L, F, d)`` of the items in ``item_seq`` (padding rows stay zero)."""
-        uniq, inverse = torch.unique(item_seq, return_inverse=True)
+        uniq, inverse = unique_items(item_seq, items, inverse)
         fields = [self.proj[name](getattr(self, f"feat_{name}")[uniq]) for name in self.modalities]
         return torch.stack(fields, dim=-2)[inverse]
 
@@ -80,17 +82,27 @@ class SASRecF(SequentialRecommender):
         )
         self.init_weights(init_std)
 
-    def forward(self, item_seq: torch.Tensor, return_attention: bool = False):
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden states of a training batch, with its host-computed distinct items when present."""
+        return self(batch["item_seq"], items=batch.get("items"), inverse=batch.get("item_inverse"))
+
+    def forward(
+        self,
+        item_seq: torch.Tensor,
+        return_attention: bool = False,
+        items: torch.Tensor | None = None,
+        inverse: torch.Tensor | None = None,
+    ):
         """Hidden states ``(B, L, d)``; with ``return_attention`` also the per-layer attention maps."""
         B, L = item_seq.shape
-        fields = self.fields(item_seq).reshape(B, L, -1)
+        fields = self.fields(item_seq, items, inverse).reshape(B, L, -1)
         x = self.concat(torch.cat([self.item_emb(item_seq), fields], dim=-1))
         positions = torch.arange(L, device=item_seq.device)
         x = self.dropout(self.ln(x + self.pos_emb(positions)))
         mask = attention_mask(item_seq)
         maps = []
         for block in self.blocks:
-            x, m = block(x, mask, return_attention=return_attention)
+            x, m = block(x, mask, return_attention=return_attention, causal=True)
             maps.append(m)
         return (x, maps) if return_attention else x
 

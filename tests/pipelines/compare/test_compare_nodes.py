@@ -17,6 +17,7 @@ from maf_pipeline.pipelines.compare.nodes import (
     run_maf_variants,
     run_model,
     run_popularity,
+    worker_devices,
 )
 from maf_pipeline.pipelines.compare.pipeline import TAG, create_compare_pipeline, create_pipeline
 from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
@@ -143,6 +144,31 @@ def test_grid_search_selects_on_validation_only(shared, settings) -> None:
     off_runs, off = run_grid_search(*shared, maf, {"enabled": False}, c, t, e, 6, 0)
     assert off_runs.empty and off == {"enabled": False, "best": {}}
     assert resolve_maf_config(maf, off) == maf
+
+
+@pytest.mark.slow
+def test_concurrent_runs_equal_the_sequential_runs(shared, settings) -> None:
+    """Two spawn worker processes give the rows of the in-process run for the same seeds (but the time)."""
+    sasrec = {"architecture": "sasrec", "d": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+    training = {**settings["training"], "num_threads": 1}
+    c = {**settings["compare"], "protocols": ["full"]}
+    args = (*shared, sasrec, c, training, settings["evaluation"], 6, 0, "sasrec")
+    sequential = run_model(*args[:8], {**c, "parallel": {"workers": 1}}, *args[9:])
+    concurrent = run_model(*args[:8], {**c, "parallel": {"workers": 2}}, *args[9:])
+    keep = [col for col in RUN_COLUMNS if col != "train_seconds"]
+    pd.testing.assert_frame_equal(sequential[keep], concurrent[keep])
+    assert sequential["seed"].nunique() == 2
+
+
+def test_worker_devices() -> None:
+    if not torch.cuda.is_available():
+        assert worker_devices({"workers": "auto", "runs_per_gpu": 3}, 10) == ["cpu"]
+        assert worker_devices({"workers": 4}, 3) == ["cpu"] * 3
+    else:
+        n = torch.cuda.device_count()
+        assert len(worker_devices({"workers": "auto", "runs_per_gpu": 2}, 100)) == 2 * n
+    with pytest.raises(ValueError, match="workers"):
+        worker_devices({"workers": 0}, 3)
 
 
 def test_pipeline_has_a_node_per_model_and_experiment() -> None:

@@ -38,6 +38,7 @@ ITEMS = pd.DataFrame(
 def test_wiring_follows_the_data_contract():
     pipe = create_pipeline()
     assert {n.name for n in pipe.nodes} == {
+        "list_image_candidates",
         "acquire_images",
         "encode_images",
         "encode_texts",
@@ -45,12 +46,14 @@ def test_wiring_follows_the_data_contract():
         "build_features_manifest",
     }
     outputs = {n.name: set(n.outputs) for n in pipe.nodes}
-    assert outputs["acquire_images"] == {"image_availability"}
+    assert outputs["list_image_candidates"] == {"image_candidates"}
+    assert outputs["acquire_images"] == {"image_availability", "image_acquisition_report"}
     assert outputs["encode_categories"] == {"category_features", "category_vocabulary"}
     assert pipe.only_nodes("encode_texts").all_outputs() == {"text_features"}  # --nodes=encode_texts
     free = {i for i in pipe.inputs() if not i.startswith("params:")}
     assert free == {
         "deduplicated_interactions",
+        "candidate_kcore_interactions",
         "items",
         "local_images",
         "image_store",
@@ -64,6 +67,9 @@ def _catalog(tmp: Path, item_ids: list[str], params: dict) -> DataCatalog:
     index = pd.DataFrame({"item_idx": range(1, len(item_ids) + 1), "item_id": item_ids})
     datasets = {
         "deduplicated_interactions": MemoryDataset(pd.DataFrame({"user_id": "u", "item_id": item_ids})),
+        "candidate_kcore_interactions": MemoryDataset(pd.DataFrame({"user_id": "u", "item_id": item_ids})),
+        "image_candidates": MemoryDataset(),
+        "image_acquisition_report": MemoryDataset(),
         "items": MemoryDataset(ITEMS),
         "filtered_items": MemoryDataset(ITEMS[ITEMS["item_id"].isin(item_ids)]),
         "item_index": MemoryDataset(index),

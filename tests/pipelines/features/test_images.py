@@ -17,6 +17,7 @@ from maf_pipeline.pipelines.features.images import (
     acquire_images,
     download_image,
     full_size_url,
+    list_image_candidates,
     verify_image,
 )
 from maf_pipeline.pipelines.features.stores import ImageFolder
@@ -231,9 +232,12 @@ def test_acquire_from_urls_stores_verified_images_and_resumes(server, dl, params
     items.loc[items["item_id"] == "D", "image_urls"] = float("nan")  # how a missing list can come back
     store = ImageFolder(str(tmp_path / "store"), writable=True)
     local = ImageFolder(str(tmp_path / "nowhere"))
-    table = acquire_images(interactions, items, local, store, _url_params(params, dl))
+    table, report = acquire_images(interactions, items, local, store, _url_params(params, dl))
 
     assert list(table.columns) == images.AVAILABILITY_COLUMNS
+    assert (report["items"], report["attempted"], report["fetched"], report["already_stored"]) == (5, 5, 2, 0)
+    assert report["failed"] == {"corrupt": 1, "no_url": 1, "too_large": 1}
+    assert report["bytes"] == int(table["num_bytes"].fillna(0).sum()) > 0 and report["transfer_s"] > 0
     status = dict(zip(table["item_id"], table["status"], strict=True))
     assert status == {"A": "ok", "B": "ok", "C": "corrupt", "D": "no_url", "E": "too_large"}
     assert table.set_index("item_id")["has_image"].to_dict() == {
@@ -248,7 +252,8 @@ def test_acquire_from_urls_stores_verified_images_and_resumes(server, dl, params
     assert httpd.hits["/images/I/51abc.jpg"] == 1 and not any("_SX38" in p for p in httpd.hits)
 
     before = sum(httpd.hits.values())
-    again = acquire_images(interactions, items, local, store, _url_params(params, dl))
+    again, report = acquire_images(interactions, items, local, store, _url_params(params, dl))
+    assert (report["already_stored"], report["attempted"], report["fetched"]) == (2, 3, 0)
     assert dict(zip(again["item_id"], again["has_image"], strict=True)) == {
         "A": True, "B": True, "C": False, "D": False, "E": False,
     }  # fmt: skip
@@ -280,7 +285,7 @@ def test_interrupted_download_resumes_with_what_is_missing(server, dl, params, t
 
     monkeypatch.setattr(images, "download_image", real)
     before = Counter(httpd.hits)
-    table = acquire_images(
+    table, _ = acquire_images(
         interactions, items, ImageFolder(str(tmp_path / "x")), store, _url_params(params, dl)
     )
     assert table["has_image"].all()
@@ -302,7 +307,7 @@ def test_offline_mark_missing(dl, params, tmp_path):
     interactions, items = _frames({"A": [f"http://127.0.0.1:{port}/a.jpg"], "B": []})
     dl["on_unreachable"] = "mark_missing"
     store = ImageFolder(str(tmp_path / "store"), writable=True)
-    table = acquire_images(
+    table, _ = acquire_images(
         interactions, items, ImageFolder(str(tmp_path / "x")), store, _url_params(params, dl)
     )
     assert dict(zip(table["item_id"], table["status"], strict=True)) == {"A": "unreachable", "B": "no_url"}
@@ -318,13 +323,13 @@ def test_acquire_from_local_folder(params, tmp_path):
     (local / "C.jpg").write_bytes(jpeg_bytes(3))
     interactions, items = _frames({"A": [], "B": [], "C": [], "D": []})
     store = ImageFolder(str(tmp_path / "store"), writable=True)
-    table = acquire_images(interactions, items, ImageFolder(str(local)), store, params["images"])
+    table, _ = acquire_images(interactions, items, ImageFolder(str(local)), store, params["images"])
     status = dict(zip(table["item_id"], table["status"], strict=True))
     assert status == {"A": "ok", "B": "corrupt", "C": "ok", "D": "no_file"}
     assert store.ids() == {"A", "C"} and store.read("A") == GOOD
     assert table["has_image"].dtype == "bool" and pd.api.types.is_string_dtype(table["item_id"])
     fewer = interactions[interactions["item_id"] != "C"]
-    again = acquire_images(fewer, items, ImageFolder(str(local)), store, params["images"])
+    again, _ = acquire_images(fewer, items, ImageFolder(str(local)), store, params["images"])
     assert dict(zip(again["item_id"], again["status"], strict=True)) == {
         "A": "stored",
         "B": "corrupt",
@@ -337,6 +342,46 @@ def test_local_source_without_folder_is_a_clear_error(params, tmp_path):
     store = ImageFolder(str(tmp_path / "store"), writable=True)
     with pytest.raises(FileNotFoundError, match="local_images"):
         acquire_images(interactions, items, ImageFolder(str(tmp_path / "absent")), store, params["images"])
+    with pytest.raises(FileNotFoundError, match="local_images"):
+        list_image_candidates(
+            interactions, items, ImageFolder(str(tmp_path / "absent")), store, params["images"]
+        )
+
+
+# ---------------------------------------------------------------------------------- image candidates
+def test_candidates_are_decided_without_fetching(server, dl, params, tmp_path):
+    httpd, base = server
+    urls = {"A": [f"{base}/good-a.jpg"], "B": [" ", ""], "C": [f"{base}/corrupt.jpg"], "D": [], "S": []}
+    interactions, items = _frames(urls)
+    items.loc[items["item_id"] == "D", "image_urls"] = float("nan")
+    store = ImageFolder(str(tmp_path / "store"), writable=True)
+    store.put("S", GOOD, "jpg")  # already stored: a candidate even without a URL
+    before = sum(httpd.hits.values())
+    table = list_image_candidates(
+        interactions, items, ImageFolder(str(tmp_path / "x")), store, _url_params(params, dl)
+    )
+    assert sum(httpd.hits.values()) == before  # nothing fetched
+    assert dict(zip(table["item_id"], table["status"], strict=True)) == {
+        "A": "url", "B": "no_url", "C": "url", "D": "no_url", "S": "stored",
+    }  # fmt: skip
+    assert table.set_index("item_id")["has_image"].to_dict() == {
+        "A": True, "B": False, "C": True, "D": False, "S": True,
+    }  # fmt: skip
+    # every item acquire_images verifies is a candidate (the fixed point's precondition)
+    verified, _ = acquire_images(
+        interactions, items, ImageFolder(str(tmp_path / "x")), store, _url_params(params, dl)
+    )
+    ok = set(verified.loc[verified["has_image"], "item_id"])
+    assert ok <= set(table.loc[table["has_image"], "item_id"])
+
+    local = tmp_path / "images"
+    local.mkdir()
+    (local / "B.jpg").write_bytes(GOOD)
+    (local / "C.png").write_bytes(CORRUPT)  # a file is a candidate; verification comes later
+    table = list_image_candidates(interactions, items, ImageFolder(str(local)), store, params["images"])
+    assert dict(zip(table["item_id"], table["status"], strict=True)) == {
+        "A": "stored", "B": "local_file", "C": "local_file", "D": "no_file", "S": "stored",
+    }  # fmt: skip
 
 
 def test_image_folder_round_trip_and_odd_ids(tmp_path):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
+import random
 
+import pandas as pd
 import pytest
 
 from maf_pipeline.pipelines.ingestion.nodes import ingest_metadata
@@ -241,3 +244,33 @@ def test_truncated_metadata_gzip_fails_with_the_file_name(tmp_path):
     (tmp_path / "meta_cut.json.gz").write_bytes(data[:-100])
     with pytest.raises(IngestionError, match=r"meta_cut\.json\.gz: truncated gzip"):
         ingest_metadata(RawSource(str(tmp_path / "meta_cut.json.gz")), {})
+
+
+def test_semi_join_keeps_exactly_the_reviewed_items(write_raw):
+    rng = random.Random(9)
+    ids = [f"B{i:03d}" for i in range(300)] + [f"{i:010d}" for i in range(0, 60, 3)]  # all-digit asins too
+    records = []
+    for _ in range(900):  # repeats of one asin differ in completeness: the collapse must pick the same line
+        asin = rng.choice(ids)
+        records.append(
+            meta_2018(asin, title=f"t{rng.randrange(5)}", category=["A"] * rng.randrange(2), image=[THUMB])
+        )
+    lines = [json.dumps(r) for r in records]
+    lines.insert(400, '{"title": "no asin at all"}')  # a bad line counts the same with or without the join
+    reviewed = [*rng.sample(ids, 90), "B_never_in_metadata"]
+    interactions = pd.DataFrame({"item_id": reviewed * 2, "user_id": "u"})
+
+    everything, full_report = ingest_metadata(write_raw("meta.json", lines), {})
+    for params in ({}, SMALL_BLOCKS):
+        joined, report = ingest_metadata(write_raw("meta.json.gz", lines), params, interactions)
+        in_file = set(everything["item_id"])
+        assert set(joined["item_id"]) == set(reviewed) & in_file  # exactly the reviewed items with metadata
+        expected = everything[everything["item_id"].isin(reviewed)].reset_index(drop=True)
+        assert joined.reset_index(drop=True).equals(expected)  # same record chosen, same cleaning, same order
+        assert (
+            report["skipped"] == full_report["skipped"] and report["lines_read"] == full_report["lines_read"]
+        )
+        assert report["semi_join"]["reviewed_items"] == len(set(reviewed))
+        unreviewed = sum(1 for r in records if r["asin"] not in set(reviewed))
+        assert report["semi_join"]["records_of_unreviewed_items"] == unreviewed
+        assert report["records"] == len(records) - unreviewed

@@ -24,6 +24,7 @@ from maf_pipeline.pipelines.preprocessing.nodes import (
     filter_categories,
     filter_date_window,
     filter_multimodal_completeness,
+    filter_verified_images,
     kcore_filter,
     select_items,
 )
@@ -135,6 +136,7 @@ def independent_count(
             break
         rows = kept
     stages["kcore"] = counts(rows)
+    stages["images"] = counts(rows)  # no image required: the verified-image stage keeps everything
     return {"stages": stages, "rows": rows}
 
 
@@ -144,7 +146,8 @@ def ingested(variant: str, window_key: str) -> tuple[pd.DataFrame, pd.DataFrame]
     """Interactions and items as the ingestion nodes produce them (once per metadata variant and window)."""
     window = SETTINGS[window_key]["window"]
     interactions, _ = ingestion.ingest_reviews(RawSource(str(REVIEWS)), {}, window)
-    items, _ = ingestion.ingest_metadata(RawSource(str(METADATA[variant])), {})
+    # the semi-join against the reviewed items, as in the pipeline
+    items, _ = ingestion.ingest_metadata(RawSource(str(METADATA[variant])), {}, interactions)
     return interactions, items
 
 
@@ -159,10 +162,11 @@ def test_magazine_statistics_match_an_independent_count(variant, setting):
     categorised, c_category = filter_categories(windowed, items, s["labels"])
     dedup, c_dedup = deduplicate_interactions(categorised, "first")
     complete, c_complete = filter_multimodal_completeness(dedup, items, no_images, s["modalities"])
-    kcore, c_kcore = kcore_filter(complete, s["k"])
+    candidates, c_kcore = kcore_filter(complete, s["k"])
+    kcore, c_images = filter_verified_images(candidates, no_images, s["modalities"], s["k"])
     filtered_items = select_items(kcore, items)
     stats, table = build_dataset_statistics(
-        c_window, c_category, c_dedup, c_complete, c_kcore, kcore, "Magazine"
+        c_window, c_category, c_dedup, c_complete, c_kcore, c_images, kcore, "Magazine"
     )
 
     expected = independent_count(variant, s["window"], s["labels"], s["modalities"], s["k"])

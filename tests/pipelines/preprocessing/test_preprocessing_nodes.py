@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from maf_pipeline.pipelines.preprocessing.nodes import (
     EmptyStageError,
@@ -13,6 +15,7 @@ from maf_pipeline.pipelines.preprocessing.nodes import (
     filter_categories,
     filter_date_window,
     filter_multimodal_completeness,
+    filter_verified_images,
     kcore_filter,
     select_items,
 )
@@ -319,8 +322,9 @@ def test_dataset_statistics_table_and_funnel():
     complete, c4 = filter_multimodal_completeness(
         dedup, items_frame({f"i{i}": ("t", ["c"]) for i in range(3)}), IMAGES, ["text"]
     )
-    kcore, c5 = kcore_filter(complete, k=3)
-    stats, table = build_dataset_statistics(c1, c2, c3, c4, c5, kcore, "Toy")
+    candidates, c5 = kcore_filter(complete, k=3)
+    kcore, c6 = filter_verified_images(candidates, IMAGES, ["text"], k=3)
+    stats, table = build_dataset_statistics(c1, c2, c3, c4, c5, c6, kcore, "Toy")
     assert stats["table1"] == {
         "users": 4,
         "items": 3,
@@ -336,6 +340,7 @@ def test_dataset_statistics_table_and_funnel():
         "dedup",
         "completeness",
         "kcore",
+        "images",
     ]
     assert stats["funnel"][0]["removed_interactions"] == 1
     assert stats["first_interaction"].startswith("2016-01-01")
@@ -343,3 +348,36 @@ def test_dataset_statistics_table_and_funnel():
     assert "| #Avg. Actions/Item | 4.0 |" in table
     assert "| #Interactions | 12 |" in table
     assert "| date_window | 12 | 4 | 3 | 1 |" in table
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2", "007"]), st.sampled_from(["i1", "i2", "0001"]), st.integers(0, 3)
+        ),
+        max_size=30,
+    ),
+    keep=st.sampled_from(["first", "last", "all"]),
+)
+def test_dedup_matches_pandas_duplicated_in_time_order(rows, keep):
+    df = pd.DataFrame(
+        {
+            "user_id": [u for u, _, _ in rows],
+            "item_id": [i for _, i, _ in rows],
+            "rating": np.float32(1),
+            "timestamp": pd.to_datetime([d for _, _, d in rows], unit="D", utc=True),
+        }
+    )
+    if not len(df):
+        return
+    out, report = deduplicate_interactions(df, keep)
+    order = np.lexsort((np.arange(len(df)), np.asarray(df["timestamp"].values).view("int64")))
+    in_time = df.iloc[order]
+    assert report["duplicate_rows"] == int(in_time.duplicated(["user_id", "item_id"]).sum())
+    expected = (
+        df
+        if keep == "all"
+        else df.iloc[np.sort(order[~in_time.duplicated(["user_id", "item_id"], keep=keep).to_numpy()])]
+    )
+    pd.testing.assert_frame_equal(out, expected.reset_index(drop=True))

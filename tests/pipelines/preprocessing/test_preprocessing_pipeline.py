@@ -18,7 +18,8 @@ from kedro.runner import SequentialRunner
 from maf_pipeline.pipelines import preprocessing, sequences
 
 ROOT = Path(__file__).resolve().parents[3]
-PIPELINE_INPUTS = {"interactions", "items", "image_availability"}
+# image candidates and verified images come from the features pipeline (list_image_candidates, acquire_images)
+PIPELINE_INPUTS = {"interactions", "items", "image_candidates", "image_availability"}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,15 @@ def synthetic_inputs(seed: int = 0) -> dict[str, pd.DataFrame]:
             "brand": "b",
         }
     ).drop(index=7)  # one rated item without metadata
-    availability = pd.DataFrame({"item_id": ids, "has_image": [i != 11 for i in range(len(ids))]})
-    return {"interactions": interactions, "items": meta, "image_availability": availability}
+    candidates = pd.DataFrame({"item_id": ids, "has_image": [i != 11 for i in range(len(ids))]})
+    # item 12 is a candidate whose image then fails to download or verify
+    availability = pd.DataFrame({"item_id": ids, "has_image": [i not in (11, 12) for i in range(len(ids))]})
+    return {
+        "interactions": interactions,
+        "items": meta,
+        "image_candidates": candidates,
+        "image_availability": availability,
+    }
 
 
 def make_catalog(
@@ -134,7 +142,9 @@ def test_pipelines_run_and_rerun_from_a_filter_node(conf, tmp_path):
     assert stats["funnel"][-1]["users"] == kcore["user_id"].nunique()
     assert stats["funnel"][0]["interactions"] < len(catalog.load("interactions"))  # the window cut something
     assert kcore["timestamp"].min() >= pd.Timestamp("2016-01-01", tz="UTC")
-    assert not {"0000000003", "0000000005", "0000000007", "0000000011"} & set(kcore["item_id"])
+    assert not {"0000000003", "0000000005", "0000000007", "0000000011", "0000000012"} & set(kcore["item_id"])
+    assert "0000000012" in set(catalog.load("candidate_kcore_interactions")["item_id"])
+    assert [f["stage"] for f in stats["funnel"]][-2:] == ["kcore", "images"]
     assert kcore["item_id"].str.len().eq(10).all()
     assert "| #Users |" in catalog.load("dataset_statistics_table")
     item_index, test = catalog.load("item_index"), catalog.load("test_sequences")

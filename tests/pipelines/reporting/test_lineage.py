@@ -1,5 +1,6 @@
-"""Lineage as Kedro-Viz draws it: in ``full`` every node carries its stage tag, every catalog dataset a layer,
-and the layers form no cycle (Kedro-Viz switches the layer view off when they do)."""
+"""Lineage as Kedro-Viz draws it: in ``full`` every node carries its stage tag; in every registered pipeline
+every catalog dataset has a layer and the layers form no cycle (Kedro-Viz switches the layer view off when
+they do, e.g. "circular dependency detected among layers")."""
 
 from __future__ import annotations
 
@@ -31,13 +32,15 @@ def registry():
 
 
 @pytest.fixture(scope="module")
-def layers() -> dict[str, str]:
-    """Layer of every dataset name the pipelines use that resolves in the catalog (factories included)."""
+def layers(registry) -> dict[str, str]:
+    """Layer of every dataset name any registered pipeline uses that resolves in the catalog (factories
+    included)."""
     loader = OmegaConfigLoader(str(ROOT / "conf"), base_env="base", default_run_env="base")
     catalog = DataCatalog.from_config(dict(loader["catalog"]))
+    names = set().union(*(pipeline.datasets() for pipeline in registry.values()))
     out = {}
-    for name in register_pipelines()["full"].datasets():
-        dataset = None if name.startswith("params:") else catalog.get(name)
+    for name in sorted(names):
+        dataset = None if name.startswith("params:") or name == "parameters" else catalog.get(name)
         if dataset is not None:
             out[name] = (dataset.metadata or {}).get("kedro-viz", {}).get("layer")
     return out
@@ -81,22 +84,39 @@ def test_every_catalog_dataset_has_a_known_layer(layers: dict[str, str]) -> None
     assert not missing, f"datasets without a Kedro-Viz layer: {missing}"
 
 
-def test_layers_of_the_full_pipeline_have_no_cycle(registry, layers: dict[str, str]) -> None:
-    edges = layer_edges(registry["full"], layers)
+def layer_cycle(edges: set[tuple[str, str]]) -> list[str] | None:
+    """A cycle of the layer graph as a path (first layer repeated at the end), or None."""
     graph = defaultdict(set)
     for a, b in edges:
         graph[a].add(b)
     state: dict[str, int] = {}
 
-    def visit(layer: str, path: list[str]) -> None:
+    def visit(layer: str, path: list[str]) -> list[str] | None:
         state[layer] = 1
-        for nxt in graph[layer]:
-            assert state.get(nxt) != 1, f"layer cycle: {[*path, layer, nxt]}"
-            if nxt not in state:
-                visit(nxt, [*path, layer])
+        for nxt in sorted(graph[layer]):
+            if state.get(nxt) == 1:
+                return [*path, layer, nxt]
+            if nxt not in state and (found := visit(nxt, [*path, layer])):
+                return found
         state[layer] = 2
+        return None
 
-    for layer in list(graph):
-        if layer not in state:
-            visit(layer, [])
+    for layer in sorted(graph):
+        if layer not in state and (found := visit(layer, [])):
+            return found
+    return None
+
+
+def test_layer_cycles_are_detected() -> None:
+    assert layer_cycle({("model_output", "reporting"), ("reporting", "model_output")}) is not None
+    assert layer_cycle({("raw", "primary"), ("primary", "reporting"), ("raw", "reporting")}) is None
+
+
+def test_no_registered_pipeline_has_a_layer_cycle(registry, layers: dict[str, str]) -> None:
+    cycles = {name: layer_cycle(layer_edges(p, layers)) for name, p in registry.items()}
+    assert not {name: c for name, c in cycles.items() if c}, "layer cycles"
+    assert {"full", "compare", "recommend", "ingestion_interactions"} <= set(registry)
+    edges = layer_edges(registry["full"], layers)
     assert ("raw", "intermediate") in edges and ("models", "reporting") in edges
+    compare = layer_edges(registry["compare"], layers)
+    assert ("models", "model_output") in compare and ("model_output", "reporting") in compare

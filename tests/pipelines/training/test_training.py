@@ -10,7 +10,12 @@ import torch
 
 from maf_pipeline.metrics import pessimistic_rank
 from maf_pipeline.models import model_from_artifact
-from maf_pipeline.pipelines.training.nodes import train_model, training_windows
+from maf_pipeline.pipelines.training.nodes import (
+    checkpoint_interval,
+    epoch_order,
+    train_model,
+    training_windows,
+)
 from maf_pipeline.pipelines.training.pipeline import create_model_pipeline, create_pipeline
 from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
 
@@ -146,7 +151,9 @@ def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
     params = training_params(tmp_path / "a", epochs=4, learning_rate=5e-3)
     uninterrupted, hist_a = run(data, features, model_params, params)
 
-    params_b = training_params(tmp_path / "b", epochs=4, learning_rate=5e-3, keep_checkpoint=False)
+    params_b = training_params(
+        tmp_path / "b", epochs=4, learning_rate=5e-3, keep_checkpoint=False, checkpoint_every=1
+    )
 
     def kill_after_two(epoch: int) -> None:
         if epoch == 2:
@@ -176,6 +183,53 @@ def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
     assert len(changed[1]["epochs"]) == 4
 
 
+@pytest.mark.parametrize("every", [2, "auto"])
+def test_resume_from_the_last_sparse_checkpoint_is_bit_identical(tmp_path: Path, every: object) -> None:
+    """Checkpoints every 2 epochs (or auto: after epoch 1, then as the measured cost allows): a kill after
+    epoch 3 resumes from the last checkpoint and still ends with the uninterrupted weights."""
+    data, features = make_sequences(seed=4), make_features(30)
+    model_params = tiny_maf_params(dropout=0.3, attn_dropout=0.3)
+    reference, hist_a = run(data, features, model_params, training_params(tmp_path / "a", epochs=5))
+    params = training_params(tmp_path / "b", epochs=5, checkpoint_every=every)
+
+    def kill_after_three(epoch: int) -> None:
+        if epoch == 3:
+            raise KilledError
+
+    with pytest.raises(KilledError):
+        run(data, features, model_params, params, on_epoch_end=kill_after_three)
+    ran: list[int] = []
+    resumed, hist_b = run(data, features, model_params, params, on_epoch_end=ran.append)
+    assert ran[-1] == 5 and ran[0] in ((3,) if every == 2 else (2, 3, 4))
+    for key, value in reference.items():
+        if key != "__metadata__":
+            assert torch.equal(value, resumed[key]), key
+    assert [e["valid"] for e in hist_a["epochs"]] == [e["valid"] for e in hist_b["epochs"]]
+
+
+def test_length_grouped_order_is_a_seeded_permutation_with_little_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = np.minimum(5 + rng.lognormal(0, 1.2, size=1000).astype(int), 50)
+    plain, grouped = epoch_order(lengths, 32, 0, 7), epoch_order(lengths, 32, 8, 7)
+    assert sorted(grouped.tolist()) == list(range(1000))  # every window once
+    assert np.array_equal(grouped, epoch_order(lengths, 32, 8, 7))  # seeded
+    assert np.array_equal(plain, np.random.default_rng(7).permutation(1000))
+
+    def padded(order: np.ndarray) -> int:
+        return sum(len(b) * lengths[b].max() for b in np.array_split(order, range(32, 1000, 32)))
+
+    assert padded(grouped) < 0.6 * padded(plain)
+    assert not np.array_equal(grouped, epoch_order(lengths, 32, 8, 8))
+
+
+def test_checkpoint_interval_keeps_saving_under_five_percent() -> None:
+    assert checkpoint_interval(3, 10.0, 1.0) == 3
+    assert checkpoint_interval("auto", 0.01, 10.0) == 1
+    assert checkpoint_interval("auto", 1.0, 2.0) == 10  # 1 s save / (5% of 2 s)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        checkpoint_interval(0, 1.0, 1.0)
+
+
 def test_pipeline_factory_namespaces_model_outputs_and_parameters() -> None:
     pipe = create_model_pipeline("sasrec", seed="params:seed_2")
     assert pipe.outputs() == {"sasrec.trained_model", "sasrec.training_history"}
@@ -188,3 +242,36 @@ def test_pipeline_factory_namespaces_model_outputs_and_parameters() -> None:
     } <= pipe.inputs()
     assert "image_features" in pipe.inputs()
     assert create_pipeline().outputs() == {"maf.trained_model", "maf.training_history"}
+
+
+def test_ranks_above_zero_keep_outputs_in_memory(monkeypatch, tmp_path: Path) -> None:
+    from kedro.io import DataCatalog, MemoryDataset
+    from kedro.pipeline import Node, Pipeline
+    from kedro_datasets.pickle import PickleDataset
+
+    from maf_pipeline.distributed import RankZeroWritesHook, launch_rank, rank_mlflow_dir
+
+    pipe = Pipeline([Node(lambda x: x, "a", "b", name="copy")])
+
+    def catalog() -> DataCatalog:
+        return DataCatalog({"a": MemoryDataset(1), "b": PickleDataset(filepath=str(tmp_path / "b.pkl"))})
+
+    on_zero = catalog()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    RankZeroWritesHook().before_pipeline_run({}, pipe, on_zero)
+    assert isinstance(on_zero.get("b"), PickleDataset)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("MAF_MLFLOW_DIR", raising=False)
+    on_one = catalog()
+    RankZeroWritesHook().before_pipeline_run({}, pipe, on_one)
+    assert launch_rank() == 1 and isinstance(on_one.get("b"), MemoryDataset)
+    assert isinstance(on_one.get("a"), MemoryDataset) and on_one.load("a") == 1  # inputs untouched
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rank_mlflow_dir()
+
+    assert os.environ["MAF_MLFLOW_DIR"].startswith(str(tmp_path / "maf-rank1-mlflow-"))
+    monkeypatch.delenv("MAF_MLFLOW_DIR")

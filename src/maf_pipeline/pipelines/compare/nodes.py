@@ -4,18 +4,27 @@ Every run goes through :func:`maf_pipeline.pipelines.training.nodes.train_model`
 stopping, checkpoints) and :func:`maf_pipeline.pipelines.evaluation.nodes.evaluate_scorer` (same split,
 protocols and tie rule), so the comparison differs only in the model. A node returns its runs in long form,
 one row per (variant, seed, protocol, split, metric); the reporting nodes aggregate them over seeds.
+
+The independent trainings of a node (its seeds, variants, grid points) run concurrently when
+``compare.parallel.workers`` allows: a ``concurrent.futures.ProcessPoolExecutor`` with the ``spawn`` start
+method, one worker per slot of ``runs_per_gpu`` x visible GPUs (each worker pinned to one GPU), the node's
+data sent once per worker (feature tensors through shared memory). Every run seeds itself, so the rows equal
+the sequential run's for the same seeds (only ``train_seconds`` differs).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import time
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import pandas as pd
 import torch
+import torch.multiprocessing as torch_mp
 
 from maf_pipeline.models import (
     MODELS,
@@ -126,6 +135,28 @@ class RunContext:
         }
         return [{**info, **row} for row in self.evaluate(model, self.max_len)]
 
+    def run_all(
+        self, tasks: list[tuple[str, dict[str, Any], int, dict[str, Any]]], parallel: dict[str, Any] | None
+    ) -> list[list[dict[str, Any]]]:
+        """Rows of each ``(variant, model_params, seed, training)`` task, in order; concurrently in worker
+        processes when ``parallel`` (``compare.parallel``) resolves to more than one worker."""
+        devices = worker_devices(parallel, len(tasks))
+        if len(devices) <= 1:
+            return [self.train_and_evaluate(*task) for task in tasks]
+        threads = max(1, (os.cpu_count() or 1) // len(devices))
+        slots = torch_mp.get_context("spawn").SimpleQueue()
+        for device in devices:
+            slots.put(device)
+        logger.info("compare: %d runs on %d worker processes (%s)", len(tasks), len(devices), devices)
+        state = (self.data, self.training, self.evaluation, self.protocols, self.max_len, self.eval_seed)
+        with ProcessPoolExecutor(
+            max_workers=len(devices),
+            mp_context=torch_mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(state, slots, threads),
+        ) as pool:
+            return list(pool.map(_run_task, tasks))
+
     def missing_modalities(self, model_params: dict[str, Any]) -> bool:
         """Whether a feature-based model would be left without any modality on this data set."""
         cls = MODELS[model_params["architecture"]]
@@ -133,6 +164,44 @@ class RunContext:
             return False  # MAF without modalities is SASRec: still a valid run
         wanted = model_params.get("modalities", cls.feature_names) or ()
         return not any(m in self.present for m in wanted)
+
+
+def worker_devices(parallel: dict[str, Any] | None, num_tasks: int) -> list[str]:
+    """One device name per worker process: ``runs_per_gpu`` slots per visible GPU for ``workers: auto``
+    (a single slot, i.e. sequential in-process, without a GPU), or ``workers: n`` slots spread over the GPUs
+    (CPU when there is none); never more than ``num_tasks``."""
+    parallel = parallel or {}
+    workers = parallel.get("workers", "auto")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if workers in (None, "auto"):
+        count = gpus * max(1, int(parallel.get("runs_per_gpu", 1))) if gpus else 1
+    else:
+        count = int(workers)
+        if count < 1:
+            raise ValueError(f"compare.parallel.workers must be >= 1 or auto, got {workers!r}")
+    count = max(1, min(count, num_tasks))
+    return [f"cuda:{i % gpus}" if gpus else "cpu" for i in range(count)]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(state: tuple, slots: Any, threads: int) -> None:
+    """Worker start: rebuild the run context once and take a device slot (its GPU for all its runs)."""
+    data, training, evaluation, protocols, max_len, seed = state
+    device = slots.get()
+    training, evaluation = {**training, "device": device}, {**evaluation, "device": device}
+    ctx = RunContext(data, {"protocols": protocols}, training, evaluation, max_len, seed)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    torch.set_num_threads(int(training.get("num_threads") or threads))
+    _WORKER.update(ctx=ctx, device=device)
+
+
+def _run_task(task: tuple[str, dict[str, Any], int, dict[str, Any]]) -> list[dict[str, Any]]:
+    ctx: RunContext = _WORKER["ctx"]
+    variant, model_params, seed, training = task
+    return ctx.train_and_evaluate(variant, model_params, seed, {**training, "device": _WORKER["device"]})
 
 
 def _config_text(config: dict[str, Any]) -> str:
@@ -236,21 +305,12 @@ def run_model(
     if ctx.missing_modalities(model_params):
         logger.warning("compare: %s skipped: none of its modalities has features on this data set", name)
         return empty_runs()
-    rows = []
     seeds = _seeds(compare_params)
     training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get(name))
-    for i, s in enumerate(seeds, start=1):
-        started = time.perf_counter()
-        rows.extend(ctx.train_and_evaluate(name, model_params, s, training))
-        logger.info(
-            "compare: %s seed %d (%d/%d) done in %.1f s",
-            name,
-            s,
-            i,
-            len(seeds),
-            time.perf_counter() - started,
-        )
-    return _frame(rows)
+    started = time.perf_counter()
+    results = ctx.run_all([(name, model_params, s, training) for s in seeds], compare_params.get("parallel"))
+    logger.info("compare: %s, %d seeds done in %.1f s", name, len(seeds), time.perf_counter() - started)
+    return _frame(row for rows in results for row in rows)
 
 
 def resolve_maf_config(maf_params: dict[str, Any], grid_selection: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +362,8 @@ def run_maf_variants(
         and set(maf_runs["seed"].dropna().astype(int)) == set(seeds)
         and set(maf_runs["protocol"]) == set(ctx.protocols)
     )
-    frames = []
+    frames: list[pd.DataFrame | None] = []
+    tasks = []
     for label, overrides in variants.items():
         config = {**maf_config, **(overrides or {})}
         wanted = config.get("modalities") or []
@@ -313,10 +374,12 @@ def run_maf_variants(
             logger.info("compare: variant %r is the MAF of Table 2: reusing its runs", label)
             frames.append(maf_runs.assign(variant=label))
             continue
-        rows = []
-        for s in seeds:
-            rows.extend(ctx.train_and_evaluate(label, config, s, training))
-        frames.append(_frame(rows))
+        frames.append(None)  # filled below, in order
+        tasks.extend((label, config, s, training) for s in seeds)
+    results = iter(ctx.run_all(tasks, compare_params.get("parallel")))
+    frames = [
+        frame if frame is not None else _frame(r for _ in seeds for r in next(results)) for frame in frames
+    ]
     return pd.concat(frames, ignore_index=True) if frames else empty_runs()
 
 
@@ -369,8 +432,8 @@ def run_grid_search(
     training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get("maf"))
     points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     fixed = dict(grid.get("fixed") or {})
-    rows = []
-    for i, point in enumerate(points, start=1):
+    tasks, labels = [], []
+    for point in points:
         config = {**maf_params, **fixed, **point}
         d_mm, d, heads = int(config.get("d_mm", 0)), int(config.get("d", 0)), int(config.get("n_heads", 1))
         if d_mm > d or d_mm % heads:
@@ -379,12 +442,12 @@ def run_grid_search(
             )
             continue
         label = ", ".join(f"{k}={v}" for k, v in point.items())
-        logger.info("grid point %d/%d: %s", i, len(points), label)
         for s in seeds:
-            rows.extend(
-                {**r, **{f"grid_{k}": v for k, v in point.items()}}
-                for r in ctx.train_and_evaluate(label, config, s, training)
-            )
+            tasks.append((label, config, s, training))
+            labels.append({f"grid_{k}": v for k, v in point.items()})
+    logger.info("grid: %d points x %d seeds", len(tasks) // max(len(seeds), 1), len(seeds))
+    results = ctx.run_all(tasks, compare_params.get("parallel"))
+    rows = [{**r, **extra} for extra, result in zip(labels, results, strict=True) for r in result]
     runs = pd.DataFrame(rows)
     if runs.empty:
         raise ValueError(

@@ -85,6 +85,7 @@ def evaluate_scorer(
             negatives,
             device,
             split,
+            p.get("max_scores"),
         )
         metrics[split] = summarize(ranks, ks)
         frames.append(

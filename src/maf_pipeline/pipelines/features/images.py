@@ -1,9 +1,15 @@
 """Image acquisition: copy item images from a local folder or download them, verified, into the image store.
 
-Runs on the items left after de-duplication (before the completeness filter, which reads its
-``image_availability`` table). Every stored image has decoded with PIL; corrupt, oversized or unreachable ones
-are counted and marked missing, never fatal. Images are written one by one as they arrive, so a re-run fetches
-only what is missing and an interrupted run resumes.
+Two steps, so that only items that can survive the filters are fetched:
+
+1. ``list_image_candidates`` decides cheaply, fetching nothing, which de-duplicated items *can* have an image
+   (already stored, a local file, or at least one URL); the completeness filter and the k-core use it.
+2. ``acquire_images`` fetches and verifies images for the k-core survivors only; the preprocessing node
+   ``filter_verified_images`` then drops the items whose image failed and re-applies the k-core.
+
+Every stored image has decoded with PIL; corrupt, oversized or unreachable ones are counted and marked
+missing, never fatal. Images are written one by one as they arrive, so a re-run fetches only what is missing
+and an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from maf_pipeline.locks import FolderLock
@@ -41,6 +50,7 @@ _AMAZON_SIZE_SUFFIX = re.compile(r"(/[^/.]+)\._[^/]*(\.[A-Za-z0-9]+)$")
 _FORMAT_EXT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp"}
 _RETRY_HTTP = {408, 425, 429, 500, 502, 503, 504}
 AVAILABILITY_COLUMNS = ["item_id", "has_image", "status", "source", "url", "num_bytes", "detail"]
+CANDIDATE_COLUMNS = ["item_id", "has_image", "status"]
 
 
 class ImageSourceUnreachableError(RuntimeError):
@@ -201,24 +211,99 @@ def _copy_local(local: ImageFolder, item_id: str, max_bytes: int, max_pixels: in
     return FetchResult("ok", ext=ext, url=str(path), num_bytes=size)
 
 
-def acquire_images(
-    deduplicated_interactions: pd.DataFrame,
+def _check_source(params: dict[str, Any]) -> str:
+    source = params["source"]
+    if source not in ("local", "url"):
+        raise ValueError(f"features.images.source must be 'local' or 'url', not {source!r}")
+    return source
+
+
+def _ids_with_url(items: pd.DataFrame, cfg: dict[str, Any]) -> set[str]:
+    """Ids of items with a non-blank URL among their first ``max_urls_per_item`` (vectorised over Arrow)."""
+    try:
+        urls = pa.array(items["image_urls"], pa.list_(pa.string()), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # odd cells: the per-item rule
+        return {
+            i
+            for i, u in zip(items["item_id"].astype(str), items["image_urls"], strict=True)
+            if _candidate_urls(u, cfg)
+        }
+    urls = pc.list_slice(urls, 0, int(cfg["max_urls_per_item"]))
+    flat = pc.list_flatten(urls)
+    blank = pc.fill_null(pc.or_kleene(pc.equal(pc.utf8_length(flat), 0), pc.utf8_is_space(flat)), True)
+    parents = pc.list_parent_indices(urls).to_numpy()
+    has = np.bincount(parents[~blank.to_numpy(zero_copy_only=False)], minlength=len(urls)) > 0
+    return set(items["item_id"].astype(str).to_numpy()[has])
+
+
+def _member(values: pd.Index, wanted: set[str]) -> np.ndarray:
+    return np.fromiter((v in wanted for v in values), dtype=bool, count=len(values))
+
+
+def _require_folder(local_images: ImageFolder) -> None:
+    if not local_images.exists():
+        raise FileNotFoundError(
+            f"features.images.source is 'local' but the image folder {local_images.path} does not exist; "
+            "point the 'local_images' catalog entry at a folder of <item_id>.jpg files, or use source: url."
+        )
+
+
+def list_image_candidates(
+    interactions: pd.DataFrame,
     items: pd.DataFrame,
     local_images: ImageFolder,
     image_store: ImageFolder,
     params: dict[str, Any],
 ) -> pd.DataFrame:
-    """Put one verified image per interacted item into the image store and report which items have one.
+    """Which interacted items can have an image, decided without fetching or decoding anything.
 
-    Items already in the store are kept as they are (``status == "stored"``), so re-runs and interrupted runs
-    only fetch what is missing. Returns ``image_availability`` (item_id, has_image, status, source, url,
-    num_bytes, detail).
+    An item is a candidate when it is already in the image store, or has a file in the local folder
+    (``source: local``), or at least one usable URL (``source: url``). Every item with a verified image is a
+    candidate, so filtering on candidates first and on verified images after the k-core gives the same data
+    as filtering on verified images up front (the k-core is monotone). Returns ``image_candidates``
+    (item_id, has_image, status: stored | local_file | url | no_file | no_url).
     """
-    source = params["source"]
-    if source not in ("local", "url"):
-        raise ValueError(f"features.images.source must be 'local' or 'url', not {source!r}")
+    source = _check_source(params)
+    item_ids = pd.Index(interactions["item_id"].astype(str).unique()).sort_values()
+    stored = _member(item_ids, image_store.ids())
+    if source == "local":
+        if not stored.all():
+            _require_folder(local_images)
+        status = np.where(_member(item_ids, local_images.ids()), "local_file", "no_file")
+    else:
+        status = np.where(_member(item_ids, _ids_with_url(items, params["download"])), "url", "no_url")
+    status = np.where(stored, "stored", status)
+    table = pd.DataFrame(
+        {
+            "item_id": item_ids.astype(str),
+            "has_image": ~np.isin(status, ["no_file", "no_url"]),
+            "status": status,
+        }
+    )
+    logger.info(
+        "Image candidates (%s source, nothing fetched): %d of %d items; %s",
+        *(source, int(table["has_image"].sum()), len(table), dict(sorted(Counter(status.tolist()).items()))),
+    )
+    return table[CANDIDATE_COLUMNS]
+
+
+def acquire_images(
+    interactions: pd.DataFrame,
+    items: pd.DataFrame,
+    local_images: ImageFolder,
+    image_store: ImageFolder,
+    params: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Put one verified image per item of ``interactions`` into the image store and report which have one.
+
+    Runs on the k-core survivors (``candidate_kcore_interactions``), so only images the data can keep are
+    fetched. Items already in the store are kept as they are (``status == "stored"``), so re-runs and
+    interrupted runs only fetch what is missing. Returns ``image_availability`` (item_id, has_image, status,
+    source, url, num_bytes, detail) and a transfer report (attempted, fetched, bytes, seconds, images/s).
+    """
+    source = _check_source(params)
     dl = params["download"]
-    item_ids = sorted(deduplicated_interactions["item_id"].astype(str).unique())
+    item_ids = sorted(interactions["item_id"].astype(str).unique())
     stored = image_store.ids()
     todo = [i for i in item_ids if i not in stored]
     results: dict[str, FetchResult] = {i: FetchResult("stored") for i in item_ids if i in stored}
@@ -228,12 +313,8 @@ def acquire_images(
     )
 
     if source == "local":
-        if todo and not local_images.exists():
-            raise FileNotFoundError(
-                f"features.images.source is 'local' but the image folder {local_images.path} does not exist; "
-                "point the 'local_images' catalog entry at a folder of <item_id>.jpg files, or use source: "
-                "url."
-            )
+        if todo:
+            _require_folder(local_images)
 
         def fetch(item_id: str) -> FetchResult:
             return _copy_local(local_images, item_id, int(dl["max_bytes"]), int(dl["max_pixels"]))
@@ -271,6 +352,7 @@ def acquire_images(
     )
     if todo:
         lock.acquire()
+    started = time.perf_counter()
     executor = ThreadPoolExecutor(max_workers=max(1, int(dl["workers"])))
     try:
         futures = {executor.submit(fetch, item_id): item_id for item_id in todo}
@@ -289,6 +371,7 @@ def acquire_images(
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         lock.release()
+    transfer_s = time.perf_counter() - started
 
     rows = []
     for item_id in item_ids:
@@ -312,4 +395,16 @@ def acquire_images(
             counts["refused"],
             table.loc[table["status"] == "refused", "detail"].iloc[0],
         )
-    return table
+    fetched = table[table["status"] == "ok"]
+    report = {
+        "source": source,
+        "items": len(table),
+        "already_stored": int(counts.get("stored", 0)),
+        "attempted": len(todo),
+        "fetched": len(fetched),
+        "bytes": int(fetched["num_bytes"].fillna(0).sum()),
+        "failed": {k: int(v) for k, v in sorted(counts.items()) if k not in ("ok", "stored")},
+        "transfer_s": round(transfer_s, 3),
+        "images_per_s": round(len(fetched) / transfer_s, 1) if transfer_s > 0 and len(fetched) else None,
+    }
+    return table, report

@@ -6,16 +6,16 @@ output of one node, and both stores must be read and grown by the same node, ite
 
 from kedro.pipeline import Node, Pipeline
 
-from .images import acquire_images
-from .nodes import build_features_manifest, encode_categories, encode_images, encode_texts
+from .images import acquire_images, list_image_candidates
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """``acquire_images`` (before the completeness filter), then the encoders once ``item_index`` is fixed."""
+def create_image_pipeline() -> Pipeline:
+    """Image candidates (for the completeness filter), then images for the k-core survivors (before
+    ``filter_verified_images``): part of the data side, which needs no torch."""
     return Pipeline(
         [
             Node(
-                acquire_images,
+                list_image_candidates,
                 inputs=[
                     "deduplicated_interactions",
                     "items",
@@ -23,9 +23,33 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "image_store",
                     "params:features.images",
                 ],
-                outputs="image_availability",
+                outputs="image_candidates",
+                name="list_image_candidates",
+            ),
+            Node(
+                acquire_images,
+                inputs=[
+                    "candidate_kcore_interactions",
+                    "items",
+                    "local_images",
+                    "image_store",
+                    "params:features.images",
+                ],
+                outputs=["image_availability", "image_acquisition_report"],
                 name="acquire_images",
             ),
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """The image nodes, then the encoders once ``item_index`` is fixed."""
+    # imported here: the encoders pull in torch (~500 MB of RSS), which the data side (``data`` pipeline,
+    # built from create_image_pipeline) must not pay for
+    from .nodes import build_features_manifest, encode_categories, encode_images, encode_texts
+
+    return create_image_pipeline() + Pipeline(
+        [
             Node(
                 encode_images,
                 inputs=[

@@ -18,15 +18,16 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-import torch
 from kedro.io import AbstractDataset, DatasetError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from maf_pipeline.locks import atomic_write
+
+if TYPE_CHECKING:  # torch (~500 MB of RSS) only where features are encoded: the image store is torch-free
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,8 @@ class CacheTable:
             return
         if features.shape[0] != len(item_ids) or len(fingerprints) != len(item_ids):
             raise ValueError("append: item_ids, fingerprints and feature rows must have the same length")
+        from safetensors.torch import save_file
+
         index = json.dumps({"item_ids": list(map(str, item_ids)), "fingerprints": list(fingerprints)})
         name = f"shard-{time_ns_str()}-{uuid.uuid4().hex[:8]}.safetensors"
         tensors = {"features": features.detach().contiguous().cpu()}

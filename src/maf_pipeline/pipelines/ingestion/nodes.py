@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-if TYPE_CHECKING:  # not imported at run time: maf_pipeline.datasets pulls in torch (~600 MB of RSS)
-    from maf_pipeline.datasets import RawSource
+# Imported at run time (no torch: SafetensorsDataset is lazy) so Kedro can resolve the node type hints.
+from maf_pipeline.datasets.raw_file import RawSource
 
 from .formats import METADATA_ID, METADATA_SCHEMAS, REVIEW_FORMATS, ReviewFormat
 from .reader import RawFile
@@ -83,20 +83,26 @@ def ingest_reviews(
         outside_window=outside,
         date_window={"start": _iso(lo), "end_exclusive": _iso(hi)},
     )
-    return interactions.to_pandas(), report
+    return interactions.to_pandas(self_destruct=True, split_blocks=True), report
 
 
-def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+def ingest_metadata(
+    raw_metadata: RawSource, params: dict[str, Any], interactions: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Stream a metadata file into ``items`` (item_id, title, text, categories, image_urls, brand).
 
-    One row per item: an asin on several lines keeps its most complete record (most non-empty fields, then
-    the first line). Text fields lose their HTML, categories are a cleaned label path, image URLs full size.
+    Only the items reviewed in ``interactions`` are kept (a semi-join while streaming, before any cleaning:
+    memory and time follow the reviewed items, not the dump, of which most items are never reviewed in the
+    window); ``None`` keeps every item. One row per item: an asin on several lines keeps its most complete
+    record (most non-empty fields, then the first line). Text fields lose their HTML, categories are a
+    cleaned label path, image URLs full size.
     """
     cfg = _settings(params)
     meta_cfg = {**DEFAULTS["metadata"], **(cfg.get("metadata") or {})}
+    wanted = None if interactions is None else reviewed_item_ids(interactions)
     stats = ParseStats(max_examples=cfg["first_bad_lines"])
     tables: list[pa.Table] = []
-    rows = 0
+    rows = not_reviewed = 0
     with RawFile(raw_metadata, cfg, "metadata") as raw:
         parser = BlockParser(
             METADATA_SCHEMAS[raw.format],
@@ -109,16 +115,22 @@ def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd
         )
         categories_cache: dict[tuple, list[str]] = {}
         for piece in raw.pieces(parser):
-            table = metadata_rows(piece, raw.format, meta_cfg, stats, rows, categories_cache)
+            table, skipped = metadata_rows(piece, raw.format, meta_cfg, stats, rows, categories_cache, wanted)
             rows += table.num_rows
+            not_reviewed += skipped
             if table.num_rows:
                 tables.append(table)
     items = collapse_duplicates(pa.concat_tables(tables)) if tables else ITEMS_SCHEMA.empty_table()
+    del tables  # the pieces; with no duplicates ``items`` shares their buffers
     report = raw.finish(
         stats,
         kept=items.num_rows,
         records=rows,
         duplicates_collapsed=rows - items.num_rows,
+        semi_join={
+            "reviewed_items": None if wanted is None else len(wanted),
+            "records_of_unreviewed_items": not_reviewed,
+        },
         items_with={
             "text": count_true(pc.not_equal(items["text"], "")),
             "categories": count_true(pc.greater(pc.list_value_length(items["categories"]), 0)),
@@ -126,7 +138,13 @@ def ingest_metadata(raw_metadata: RawSource, params: dict[str, Any]) -> tuple[pd
             "brand": count_true(pc.not_equal(items["brand"], "")),
         },
     )
-    return items.to_pandas(), report
+    # self_destruct: each Arrow column is freed once converted (a peak of one copy, not two)
+    return items.to_pandas(self_destruct=True, split_blocks=True), report
+
+
+def reviewed_item_ids(interactions: pd.DataFrame) -> frozenset[str]:
+    """The distinct item ids of ``interactions`` (the semi-join's value set)."""
+    return frozenset(interactions["item_id"].astype(str).unique())
 
 
 def build_ingestion_report(

@@ -6,7 +6,8 @@ from .nodes import build_ingestion_report, ingest_metadata, ingest_reviews
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """Reviews and metadata are read independently; a last node merges their reports."""
+    """Reviews first, then the metadata of the reviewed items only (a semi-join while streaming, so memory
+    follows the reviewed items, not the dump); a last node merges their reports."""
     return Pipeline(
         [
             Node(
@@ -17,7 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 ingest_metadata,
-                inputs=["raw_metadata", "params:ingestion"],
+                inputs=["raw_metadata", "params:ingestion", "interactions"],
                 outputs=["items", "metadata_ingestion_report"],
                 name="ingest_metadata",
             ),

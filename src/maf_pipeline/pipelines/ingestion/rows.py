@@ -114,12 +114,24 @@ def metadata_rows(
     stats: ParseStats,
     row_offset: int,
     categories_cache: dict[tuple, list[str]],
-) -> pa.Table:
-    """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score)."""
+    wanted_ids: frozenset[str] | None = None,
+) -> tuple[pa.Table, int]:
+    """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score).
+
+    With ``wanted_ids`` only those items are kept (a semi-join done before any cleaning, so the cost follows
+    the wanted items, not the dump); returns the table and how many valid rows the semi-join left out.
+    """
     table = piece.table
-    has_id = _present(table.column(METADATA_ID[fmt])).combine_chunks()
+    ids = table.column(METADATA_ID[fmt])
+    has_id = _present(ids).combine_chunks()
     _flag_rows(piece, has_id, "missing_field", stats)
-    table = table.filter(has_id)
+    keep = has_id
+    if wanted_ids is not None:
+        # a Python set, built once: pc.is_in would hash the whole value set again for every block
+        wanted = np.fromiter((i in wanted_ids for i in ids.to_pylist()), dtype=bool, count=len(ids))
+        keep = pc.and_(has_id, pa.array(wanted))
+    table = table.filter(keep)
+    not_wanted = count_true(has_id) - table.num_rows
     features = None
     main_category = None
     if fmt == "2018":
@@ -182,28 +194,34 @@ def metadata_rows(
             )
         ],
     )
-    return pa.table(
-        {
-            "item_id": table.column(METADATA_ID[fmt]),
-            "title": title,
-            "text": text,
-            "categories": categories,
-            "image_urls": image_urls,
-            "brand": brand,
-            "_score": score,
-            "_row": pa.array(np.arange(row_offset, row_offset + table.num_rows, dtype=np.int64)),
-        }
-    )
+    columns = {
+        "item_id": table.column(METADATA_ID[fmt]),
+        "title": title,
+        "text": text,
+        "categories": categories,
+        "image_urls": image_urls,
+        "brand": brand,
+        "_score": score,
+        "_row": pa.array(np.arange(row_offset, row_offset + table.num_rows, dtype=np.int64)),
+    }
+    return pa.table(columns), not_wanted
 
 
 def collapse_duplicates(table: pa.Table) -> pa.Table:
-    """One row per item_id: highest completeness score, earliest line among equals; file order is kept."""
+    """One row per item_id: highest completeness score, earliest line among equals; file order is kept.
+
+    Only the three key columns are sorted, and the (large) text columns are copied only when there are
+    duplicates to drop.
+    """
+    keys = table.select(["item_id", "_score", "_row"])
     order = pc.sort_indices(
-        table, sort_keys=[("item_id", "ascending"), ("_score", "descending"), ("_row", "ascending")]
+        keys, sort_keys=[("item_id", "ascending"), ("_score", "descending"), ("_row", "ascending")]
     ).to_numpy()
-    ids = table["item_id"].take(pa.array(order)).combine_chunks()
+    ids = keys["item_id"].take(pa.array(order)).combine_chunks()
     first = np.ones(len(order), dtype=bool)
     if len(order) > 1:
         first[1:] = pc.not_equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False)
-    winners = np.sort(order[first])
-    return table.take(pa.array(winners)).select(ITEMS_SCHEMA.names).cast(ITEMS_SCHEMA)
+    table = table.select(ITEMS_SCHEMA.names)
+    if not first.all():
+        table = table.take(pa.array(np.sort(order[first])))
+    return table.cast(ITEMS_SCHEMA)

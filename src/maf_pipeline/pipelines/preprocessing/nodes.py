@@ -1,6 +1,10 @@
 """Preprocessing nodes: the paper's filters (date window, category subset, duplicates, multimodal
 completeness, k-core) applied in order, each returning its output and its before/after counts.
 
+Images are the one costly modality, so completeness and the k-core first use cheap image *candidates*
+(``features.images.list_image_candidates``); images are fetched for the k-core survivors only, and
+``filter_verified_images`` drops the failures and re-applies the k-core to the same fixed point.
+
 Dtypes (kept from the ``interactions`` contract at every stage): ``user_id`` and ``item_id`` strings,
 ``rating`` float32, ``timestamp`` datetime64 UTC. Every stage keeps the rows of its input in their original
 order (the raw file order), so later stable tie-breaks on equal timestamps are reproducible.
@@ -15,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +92,21 @@ def _conform(interactions: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _codes(ids: pd.Series) -> np.ndarray:
+    """Integer codes of string ids (Arrow dictionary encoding: far faster than hashing pandas strings)."""
+    encoded = pc.dictionary_encode(_arrow_strings(ids))
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _arrow_strings(values: Iterable[Any]) -> pa.Array:
+    """Ids as one Arrow string array (pandas' Arrow-backed columns convert without copying)."""
+    if not isinstance(values, pd.Series | pd.Index | np.ndarray | list):
+        values = list(values)
+    array = pa.array(values, from_pandas=True)
+    array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    return array if array.type == pa.string() else pc.cast(array, pa.string())
+
+
 def _timestamp_int(timestamps: pd.Series) -> np.ndarray:
     """UTC timestamps as int64 ticks (one unit per column), for sorting."""
     return np.asarray(timestamps.dt.tz_convert("UTC").values).view("int64")
@@ -103,14 +124,44 @@ def _labels(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _non_blank(values: pa.Array) -> np.ndarray:
+    """Per string: holds a non-whitespace character (vectorised ``bool(s.strip())``; null is blank)."""
+    blank = pc.or_kleene(pc.equal(pc.utf8_length(values), 0), pc.utf8_is_space(values))
+    return ~pc.fill_null(blank, True).to_numpy(zero_copy_only=False)
+
+
+def _any_non_blank(lists: pa.ListArray) -> np.ndarray:
+    """Per list of strings: at least one element holds a non-whitespace character."""
+    flat = _non_blank(pc.list_flatten(lists))
+    parents = pc.list_parent_indices(lists).to_numpy()
+    return np.bincount(parents[flat], minlength=len(lists)) > 0
+
+
+def isin(values: Iterable[Any], wanted: Iterable[Any]) -> np.ndarray:
+    """Boolean mask: which ``values`` (ids, as strings) are in ``wanted``, hashed by Arrow.
+
+    Not ``Series.isin``: for pandas' Arrow-backed strings it builds one Python scalar per wanted value
+    (seconds for the 300k items of a real category), and ``Series.map`` goes through a slow indexer.
+    """
+
+    found = pc.is_in(_arrow_strings(values), value_set=_arrow_strings(wanted))
+    return pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+
+
+def _label_lists(categories: pd.Series) -> pa.ListArray:
+    """A ``categories`` column as Arrow lists of strings (cells: lists, numpy arrays or missing)."""
+    try:
+        return pa.array(categories, pa.list_(pa.string()), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):  # odd cells (numbers): the per-row path
+        return pa.array(categories.map(_labels), pa.list_(pa.string()))
+
+
 def _unique_items(items: pd.DataFrame, wanted: Iterable[str]) -> pd.DataFrame:
     """The rows of ``items`` whose id is in ``wanted``; ``items`` must have unique ids (the contract)."""
     if items["item_id"].duplicated().any():
         dup = items.loc[items["item_id"].duplicated(), "item_id"].iloc[0]
         raise ValueError(f"items must have unique item_id (ingestion collapses repeats); {dup!r} repeats")
-    return items[items["item_id"].astype(str).isin(pd.Index(wanted))].assign(
-        item_id=lambda d: d["item_id"].astype(str)
-    )
+    return items[isin(items["item_id"], wanted)].assign(item_id=lambda d: d["item_id"].astype(str))
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -162,13 +213,13 @@ def filter_categories(
         return df, report
     wanted = {_normalise_label(label) for label in category_labels}
     present = df["item_id"].unique()
-    meta = _unique_items(items, present)[["item_id", "categories"]]
+    meta = _unique_items(items[["item_id", "categories"]], present)  # not the texts
     exploded = meta.explode("categories").dropna(subset=["categories"])
     raw_labels = exploded["categories"].astype(str)
     matching = [label for label in raw_labels.unique() if _normalise_label(label) in wanted]
     kept_items = exploded.loc[raw_labels.isin(matching), "item_id"].unique()
-    out = df[df["item_id"].isin(kept_items)].reset_index(drop=True)
-    no_meta = int((~pd.Index(present).isin(meta["item_id"])).sum())
+    out = df[isin(df["item_id"], kept_items)].reset_index(drop=True)
+    no_meta = int((~isin(present, meta["item_id"])).sum())
     report = _stage_report(
         "category",
         df,
@@ -192,14 +243,17 @@ def deduplicate_interactions(interactions: pd.DataFrame, keep: str) -> tuple[pd.
         raise ValueError(f"preprocessing.dedup_keep must be one of {DEDUP_KEEP}, got {keep!r}")
     df = interactions.reset_index(drop=True)
     order = np.lexsort((np.arange(len(df)), _timestamp_int(df["timestamp"])))
-    in_time = df.iloc[order]
-    repeated = in_time.duplicated(["user_id", "item_id"], keep="first").to_numpy()
-    duplicate_rows = int(repeated.sum())
+    users, items = (_codes(df[c]) for c in ("user_id", "item_id"))
+    pairs = (users * (int(items.max(initial=0)) + 1) + items)[order]  # one int64 key per (user, item)
+    _, first = np.unique(pairs, return_index=True)  # position in time order of each pair's first row
+    duplicate_rows = len(df) - len(first)
     if keep == "all":
         out = df
     else:
-        dropped = in_time.duplicated(["user_id", "item_id"], keep=keep).to_numpy()
-        out = df.iloc[np.sort(order[~dropped])].reset_index(drop=True)
+        if keep == "last":
+            _, from_end = np.unique(pairs[::-1], return_index=True)
+            first = len(pairs) - 1 - from_end
+        out = df.iloc[np.sort(order[first])].reset_index(drop=True)
     report = _stage_report(
         "dedup",
         df,
@@ -231,24 +285,24 @@ def filter_multimodal_completeness(
         )
     df = interactions.reset_index(drop=True)
     present = pd.Index(df["item_id"].unique())
-    meta = _unique_items(items, present).set_index("item_id")
-    has_meta = present.isin(meta.index)
-    ok = pd.Series(has_meta, index=present)
+    _unique_items(items[["item_id"]], ())  # the unique-id check
+    # per-item flags over the items table itself (vectorised; no copy of the texts)
+    ids = items["item_id"].astype(str).to_numpy()
+    relevant = isin(ids, present)  # items that are reviewed here
+    has_meta = isin(present, ids)
+    keep = relevant.copy()
     lacking: dict[str, int] = {}
-    meta = meta.reindex(present[has_meta])
     for modality in required:
         if modality == "image":
-            avail = image_availability.assign(item_id=image_availability["item_id"].astype(str))
-            flags = avail.drop_duplicates("item_id").set_index("item_id")["has_image"].astype(bool)
-            has = flags.reindex(meta.index, fill_value=False)
+            has = isin(ids, image_availability.loc[image_availability["has_image"].astype(bool), "item_id"])
         elif modality == "text":
-            has = meta["text"].fillna("").astype(str).str.strip().str.len() > 0
+            has = _non_blank(pa.array(items["text"], pa.string(), from_pandas=True))
         else:
-            has = meta["categories"].map(lambda c: any(label.strip() for label in _labels(c)))
-        has = has.reindex(present, fill_value=False).astype(bool)
-        lacking[modality] = int((~has & has_meta).sum())
-        ok &= has
-    out = df[df["item_id"].map(ok).to_numpy(dtype=bool)].reset_index(drop=True)
+            has = _any_non_blank(_label_lists(items["categories"]))
+        lacking[modality] = int((relevant & ~has).sum())
+        keep &= has
+    ok = isin(present, ids[keep])
+    out = df[isin(df["item_id"], present[ok])].reset_index(drop=True)
     missing_items = present[~has_meta]
     report = _stage_report(
         "completeness",
@@ -258,23 +312,15 @@ def filter_multimodal_completeness(
         "preprocessing.required_modalities.",
         required_modalities=required,
         items_without_metadata=len(missing_items),
-        interactions_without_metadata=int(df["item_id"].isin(missing_items).sum()),
+        interactions_without_metadata=int(isin(df["item_id"], missing_items).sum()),
         items_lacking=lacking,
     )
     return out, report
 
 
-def kcore_filter(
-    interactions: pd.DataFrame, k: int, user_k: int | None = None, item_k: int | None = None
-) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Iterative k-core: drop users with under ``user_k`` and items with under ``item_k`` interactions until
-    nothing changes (both default to ``k``). The fixed point is the largest subset meeting both bounds.
-
-    Counts are of interaction rows (with ``dedup_keep: all`` a repeated pair counts each time).
-    """
-    uk = k if user_k is None else user_k
-    ik = k if item_k is None else item_k
-    df = interactions.reset_index(drop=True)
+def _kcore(df: pd.DataFrame, user_k: int, item_k: int) -> tuple[pd.DataFrame, int]:
+    """The rows of the largest subset where every user has >= ``user_k`` and every item >= ``item_k`` rows
+    (iterated to a fixed point), in input order; also the number of iterations."""
     users, _ = pd.factorize(df["user_id"])
     items, _ = pd.factorize(df["item_id"])
     rows = np.arange(len(df))
@@ -282,9 +328,7 @@ def kcore_filter(
     while True:
         iterations += 1
         u, i = users[rows], items[rows]
-        user_deg = np.bincount(u)
-        item_deg = np.bincount(i)
-        keep = (user_deg[u] >= uk) & (item_deg[i] >= ik)
+        keep = (np.bincount(u)[u] >= user_k) & (np.bincount(i)[i] >= item_k)
         logger.info(
             "k-core iteration %d: %s -> %s interactions", iterations, f"{len(rows):,}", f"{keep.sum():,}"
         )
@@ -293,7 +337,25 @@ def kcore_filter(
         rows = rows[keep]
         if len(rows) == 0:
             break
-    out = df.iloc[rows].reset_index(drop=True)
+    return df.iloc[rows].reset_index(drop=True), iterations
+
+
+def _bounds(k: int, user_k: int | None, item_k: int | None) -> tuple[int, int]:
+    return (k if user_k is None else user_k), (k if item_k is None else item_k)
+
+
+def kcore_filter(
+    interactions: pd.DataFrame, k: int, user_k: int | None = None, item_k: int | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Iterative k-core: drop users with under ``user_k`` and items with under ``item_k`` interactions until
+    nothing changes (both default to ``k``). The fixed point is the largest subset meeting both bounds.
+
+    Counts are of interaction rows (with ``dedup_keep: all`` a repeated pair counts each time). In the chain
+    this runs on image *candidates*; ``filter_verified_images`` finishes the job once images are fetched.
+    """
+    uk, ik = _bounds(k, user_k, item_k)
+    df = interactions.reset_index(drop=True)
+    out, iterations = _kcore(df, uk, ik)
     report = _stage_report(
         "kcore",
         df,
@@ -302,6 +364,50 @@ def kcore_filter(
         user_k=int(uk),
         item_k=int(ik),
         iterations=iterations,
+    )
+    return out, report
+
+
+def filter_verified_images(
+    interactions: pd.DataFrame,
+    image_availability: pd.DataFrame,
+    required_modalities: list[str],
+    k: int,
+    user_k: int | None = None,
+    item_k: int | None = None,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Drop the items whose image could not be verified and re-apply the k-core, until nothing changes.
+
+    Images are fetched only for the k-core computed with cheap image candidates; some then fail (404,
+    corrupt, too large). Because the k-core is monotone and every verified item was a candidate, this fixed
+    point equals the paper's data set: the k-core of the interactions restricted to items with a verified
+    image (``tests/pipelines/preprocessing/test_image_fixed_point.py`` checks it against a brute force).
+    Without ``image`` in ``required_modalities`` the interactions pass unchanged.
+    """
+    uk, ik = _bounds(k, user_k, item_k)
+    df = interactions.reset_index(drop=True)
+    out, rounds, dropped = df, 0, set()
+    if "image" in (required_modalities or []):
+        flags = image_availability.drop_duplicates("item_id")
+        verified = pd.Index(flags.loc[flags["has_image"].astype(bool), "item_id"].astype(str))
+        while True:
+            keep = isin(out["item_id"], verified)
+            if keep.all():
+                break
+            rounds += 1
+            dropped |= set(out.loc[~keep, "item_id"])
+            out, _ = _kcore(out[keep].reset_index(drop=True), uk, ik)
+    report = _stage_report(
+        "images",
+        df,
+        out,
+        "No item of the k-core has a verified image; check data/08_reporting/image_acquisition_report.json "
+        "(image source reachable?) or drop image from preprocessing.required_modalities.",
+        required=("image" in (required_modalities or [])),
+        items_without_verified_image=len(dropped),
+        rounds=rounds,
+        user_k=int(uk),
+        item_k=int(ik),
     )
     return out, report
 
@@ -323,6 +429,7 @@ def build_dataset_statistics(
     stage_counts_dedup: dict[str, Any],
     stage_counts_completeness: dict[str, Any],
     stage_counts_kcore: dict[str, Any],
+    stage_counts_images: dict[str, Any],
     kcore_interactions: pd.DataFrame,
     dataset_name: str,
 ) -> tuple[dict[str, Any], str]:
@@ -340,7 +447,7 @@ def build_dataset_statistics(
     }
     ts = kcore_interactions["timestamp"]
     stages = [stage_counts_window, stage_counts_categories, stage_counts_dedup, stage_counts_completeness]
-    stages.append(stage_counts_kcore)
+    stages += [stage_counts_kcore, stage_counts_images]
     funnel = [
         {"stage": s["stage"], **s["after"], "removed_interactions": s["removed_interactions"]} for s in stages
     ]

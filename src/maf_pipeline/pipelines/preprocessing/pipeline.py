@@ -8,13 +8,20 @@ from .nodes import (
     filter_categories,
     filter_date_window,
     filter_multimodal_completeness,
+    filter_verified_images,
     kcore_filter,
     select_items,
 )
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """The filter chain ``interactions`` -> ``kcore_interactions``, ``filtered_items`` and the statistics."""
+    """The filter chain ``interactions`` -> ``kcore_interactions``, ``filtered_items`` and the statistics.
+
+    Completeness and the k-core read the cheap ``image_candidates``; the features pipeline's
+    ``acquire_images`` then fetches images for ``candidate_kcore_interactions`` only, and
+    ``filter_verified_images`` drops the failures and re-applies the k-core (the same fixed point as
+    filtering on verified images up front, at a fraction of the downloads).
+    """
     return Pipeline(
         [
             Node(
@@ -40,7 +47,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "deduplicated_interactions",
                     "items",
-                    "image_availability",
+                    "image_candidates",
                     "params:preprocessing.required_modalities",
                 ],
                 outputs=["complete_interactions", "stage_counts_completeness"],
@@ -54,8 +61,21 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:preprocessing.user_k",
                     "params:preprocessing.item_k",
                 ],
-                outputs=["kcore_interactions", "stage_counts_kcore"],
+                outputs=["candidate_kcore_interactions", "stage_counts_kcore"],
                 name="kcore_filter",
+            ),
+            Node(
+                filter_verified_images,
+                inputs=[
+                    "candidate_kcore_interactions",
+                    "image_availability",
+                    "params:preprocessing.required_modalities",
+                    "params:preprocessing.k",
+                    "params:preprocessing.user_k",
+                    "params:preprocessing.item_k",
+                ],
+                outputs=["kcore_interactions", "stage_counts_images"],
+                name="filter_verified_images",
             ),
             Node(
                 select_items,
@@ -71,6 +91,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "stage_counts_dedup",
                     "stage_counts_completeness",
                     "stage_counts_kcore",
+                    "stage_counts_images",
                     "kcore_interactions",
                     "params:preprocessing.dataset_name",
                 ],

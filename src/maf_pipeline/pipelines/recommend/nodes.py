@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from maf_pipeline.inference import (
+    check_k,
     load_model,
     recommendation_frame,
     resolve_device,
@@ -36,12 +37,13 @@ def recommend_top_k(
     """Top-``k`` items after each user's whole history (training items + validation + test targets).
 
     ``users: null`` recommends for everyone; a list of raw user ids (or one string of ids separated by spaces)
-    recommends for those, in that order. Ids
-    the model does not know (filtered out by preprocessing, or never seen) are logged and listed in the
-    report instead of failing the run. Returns the long table ``user_id, rank, item_id, title, score``.
+    recommends for those, in that order. An empty list is an error (it would overwrite the recommendations
+    with an empty table); null means every user. Ids the model does not know (filtered out by preprocessing,
+    or never seen) are logged and listed in the report instead of failing the run. Returns the long table
+    ``user_id, rank, item_id, title, score``.
     """
     p = recommend_params
-    k, exclude_seen = int(p.get("k", 10)), bool(p.get("exclude_seen", True))
+    k, exclude_seen = check_k(p.get("k", 10)), bool(p.get("exclude_seen", True))
     idx_of = dict(zip(user_index["user_id"].astype(str), user_index["user_idx"], strict=True))
     requested = p.get("users")
     if requested is None:
@@ -51,6 +53,11 @@ def recommend_top_k(
         # a string is a whitespace-separated list (`kedro run --params` splits on commas, not spaces)
         ids = requested.split() if isinstance(requested, str) else requested
         wanted = list(dict.fromkeys(str(u) for u in ids))
+        if not wanted:
+            raise ValueError(
+                f"recommend.users = {requested!r} names no user: that would replace the recommendations with "
+                "an empty table. Use null for every user, or give user ids."
+            )
         users = [u for u in wanted if u in idx_of]
         unknown = [u for u in wanted if u not in idx_of]
     if unknown:

@@ -96,7 +96,7 @@ def compute_attention_maps(
     positions, layer, head = int(p.get("positions", 15)), int(p.get("layer", -1)), p.get("head", "mean")
     positions = min(positions, int(trained_model["__metadata__"]["max_len"]))  # the model's window
     row = _sample_user(test_sequences, positions, p.get("user"), user_index, int(seed))
-    items = np.asarray(row["history"], dtype=np.int64)[-positions:]
+    items = np.array(row["history"], dtype=np.int64)[-positions:]  # a writable copy for torch.from_numpy
     model = load_model(trained_model, feature_tables(image_features, text_features, category_features))
     with torch.no_grad():
         _, maps = model(torch.from_numpy(items)[None], return_attention=True)

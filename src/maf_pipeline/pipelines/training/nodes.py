@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import random
 import shutil
 import time
@@ -23,9 +25,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 
 from maf_pipeline.locks import atomic_write, folder_lock
-from maf_pipeline.metrics import rank_targets, summarize
+from maf_pipeline.metrics import pad_right, rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
 from maf_pipeline.progress import progress
 
@@ -33,7 +36,16 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("all_positions", "last_position")
 # Keys that change where/how fast things run but not the result: left out of the checkpoint hash.
-_NON_SEMANTIC = ("checkpoint_dir", "keep_checkpoint", "eval_batch_size", "num_threads", "lock_wait_s")
+_NON_SEMANTIC = (
+    "checkpoint_dir",
+    "keep_checkpoint",
+    "checkpoint_every",
+    "eval_batch_size",
+    "eval_max_scores",
+    "num_threads",
+    "distributed",
+    "lock_wait_s",
+)
 
 
 def training_windows(
@@ -115,12 +127,19 @@ def _fingerprint(*parts: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a unique temporary name per process and call
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """Write a training checkpoint atomically (a unique temporary name per process and call, then rename),
+    so a kill never leaves half a file."""
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def _state_copy(model: torch.nn.Module, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """A detached copy of the state dict, on ``device`` (default: where the weights are, so no host sync)."""
+    return {k: v.detach().to(device or v.device, copy=True) for k, v in model.state_dict().items()}
 
 
 def _to_cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return _state_copy(model, "cpu")
 
 
 def _log_epoch(
@@ -131,6 +150,128 @@ def _log_epoch(
     logger.info(
         "epoch %d/%d: loss %.4f (%s) | valid %s | %.1f s", epoch, epochs, parts["loss"], loss, val, secs
     )
+
+
+def host_batch(
+    inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray, idx: np.ndarray, num_items: int,
+    with_items: bool,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """One training batch prepared on the host, so the device step has no data-dependent shapes.
+
+    Windows are trimmed to the longest in the batch (right padding). ``target_index``/``targets``: flat
+    positions and items of the targets; ``items``/``item_inverse`` (feature models): the distinct items and
+    each position's index into them.
+    """
+    width = max(int(lengths[idx].max()), 1)
+    x, y = inputs[idx, :width], targets[idx, :width]
+    flat = y.reshape(-1)
+    index = np.flatnonzero(flat)
+    batch = {"item_seq": x, "target_seq": y, "target_index": index, "targets": flat[index]}
+    if with_items:
+        if x.size * 16 < num_items:  # small batch, big catalog: sort
+            items, inverse = np.unique(x, return_inverse=True)
+        else:  # mark the items present: O(N + B L), no sort
+            present = np.zeros(num_items + 1, dtype=bool)
+            present[x.reshape(-1)] = True
+            items = np.flatnonzero(present)
+            slot = np.zeros(num_items + 1, dtype=np.int64)
+            slot[items] = np.arange(len(items))
+            inverse = slot[x]
+        batch.update(items=items.astype(np.int64), item_inverse=inverse.reshape(x.shape).astype(np.int64))
+    return batch
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Host arrays to device tensors: pinned memory and non-blocking copies on CUDA."""
+    cuda = device.type == "cuda"
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        out[k] = t.pin_memory().to(device, non_blocking=True) if cuda else t
+    return out
+
+
+def epoch_order(lengths: np.ndarray, batch_size: int, grouping: int, seed: int) -> np.ndarray:
+    """The window order of one epoch: a seeded permutation; with ``grouping`` > 0, windows are sorted by
+    length within consecutive groups of ``grouping`` batches and the batches are then shuffled, so a batch
+    holds windows of similar length (little right padding: the encoder's cost follows the real positions)
+    while every window is still seen once per epoch in a seeded random batch order."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(lengths))
+    if grouping <= 0:
+        return order
+    group = grouping * batch_size
+    for start in range(0, len(order), group):
+        part = order[start : start + group]
+        order[start : start + group] = part[np.argsort(lengths[part], kind="stable")]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return np.concatenate([batches[i] for i in rng.permutation(len(batches))]) if batches else order
+
+
+def checkpoint_interval(setting: Any, save_seconds: float, epoch_seconds: float, budget: float = 0.05) -> int:
+    """Epochs between checkpoints: ``setting`` when an integer; for ``auto`` the smallest interval that keeps
+    saving under ``budget`` (5%) of training time, from the measured save and epoch times."""
+    if setting not in (None, "auto"):
+        value = int(setting)
+        if value < 1:
+            raise ValueError(f"training.checkpoint_every must be >= 1 or auto, got {setting!r}")
+        return value
+    return max(1, math.ceil(save_seconds / max(budget * epoch_seconds, 1e-9)))
+
+
+def _target_counts(targets: np.ndarray, num_items: int) -> torch.Tensor:
+    return torch.from_numpy(np.bincount(targets.reshape(-1), minlength=num_items + 1)[: num_items + 1])
+
+
+def configure_training_loss(model: SequentialRecommender, targets: np.ndarray, p: dict[str, Any]) -> None:
+    """Set the model's next-item loss from ``training.loss`` (full / sampled_softmax) and its options."""
+    loss = p.get("loss", "full") or "full"
+    sampling = p.get("negative_sampling", "uniform")
+    model.configure_loss(
+        loss,
+        chunk_size=p.get("loss_chunk_size"),
+        num_negatives=int(p.get("num_negatives", 256)),
+        negative_sampling=sampling,
+        target_counts=_target_counts(targets, model.num_items) if loss == "sampled_softmax" else None,
+    )
+
+
+def _step_function(model: SequentialRecommender, setting: Any) -> Callable[[dict], dict]:
+    """``model.training_step``, compiled when ``training.compile`` is true (inductor) or a backend name."""
+    if not setting:
+        return model.training_step
+    backend = "inductor" if setting is True else str(setting)
+    return torch.compile(model.training_step, backend=backend, dynamic=True)
+
+
+class _Step(torch.nn.Module):
+    """``model.training_step`` as a module's forward, so DistributedDataParallel sees (and syncs) the step."""
+
+    def __init__(self, model: SequentialRecommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.model.training_step(batch)
+
+
+def init_distributed(training_params: dict[str, Any]) -> tuple[int, int]:
+    """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE`` > 1, ``training.distributed: auto``)
+    joins the process group (NCCL on CUDA, else gloo) once. ``distributed: false`` trains in one process."""
+    setting = training_params.get("distributed", "auto")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if setting is False or world <= 1 or not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized():
+        cuda = torch.cuda.is_available() and training_params.get("device", "auto") != "cpu"
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def fit(
@@ -147,83 +288,128 @@ def fit(
 ) -> dict[str, Any]:
     """Adam with early stopping on the validation metric; resumes from ``checkpoint_path`` when it exists.
 
-    Batch order of epoch e comes from ``seed + e`` and the torch RNG state is checkpointed, so a run resumed
-    after a kill ends with exactly the weights of an uninterrupted run. Returns the history; the model is left
-    holding the best weights.
+    Batch order of epoch e comes from ``seed + e`` and the RNG states are checkpointed (every
+    ``checkpoint_every`` epochs), so a run resumed after a kill ends with exactly the weights of an
+    uninterrupted run. The step has no host sync: batches are prepared on the host (target positions,
+    distinct items) and copied from pinned memory without blocking; loss sums stay on the device until the
+    epoch ends. Returns the history; the model is left holding the best weights.
+
+    Under ``torch.distributed`` (see :func:`init_distributed`) the model is wrapped in
+    DistributedDataParallel; each global batch of ``batch_size`` windows is split over the ranks, and each
+    rank's loss is weighted by its share of the batch's targets, so the averaged gradient is the one-process
+    gradient of the whole batch. Validation users are split over the ranks and their ranks gathered; loss
+    sums are reduced; only rank 0 writes checkpoints (with every rank's RNG state).
     """
     p = training_params
     epochs, batch_size = int(p["epochs"]), int(p["batch_size"])
     stop = p.get("early_stopping", {}) or {}
     metric, patience = stop.get("metric", "ndcg@20"), stop.get("patience")
     ks = list(p.get("ks", [10, 20]))
-    use_bf16 = bool(p.get("bf16", False)) and device.type == "cuda"
+    use_bf16 = bool(p.get("bf16", False))
+    configure_training_loss(model, targets, p)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=float(p["learning_rate"]), weight_decay=float(p.get("weight_decay", 0.0))
+        model.parameters(),
+        lr=float(p["learning_rate"]),
+        weight_decay=float(p.get("weight_decay", 0.0)),
+        **({"fused": True} if device.type == "cuda" else {}),
     )
+    rank, world = _world()
+    step = _step_function(model, p.get("compile", False))
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        # broadcast_buffers off: the fixed feature tables are equal on every rank, never re-sent per step
+        ddp = torch.nn.parallel.DistributedDataParallel
+        step = ddp(_Step(model), device_ids=ids, broadcast_buffers=False)
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    best_state = _to_cpu_state(model)
+    best_state = _state_copy(model)
     if checkpoint_path is not None and checkpoint_path.exists():
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        best_state = ckpt["best_state"]
+        best_state = {k: v.to(device) for k, v in ckpt["best_state"].items()}
         state = ckpt["state"]
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng_ranks"][rank] if world > 1 else ckpt["rng"])
         logger.info("resuming %s from epoch %d (%s)", model.architecture, state["epoch"], checkpoint_path)
 
+    lengths = (inputs > 0).sum(axis=1)
+    with_items = bool(getattr(model, "modalities", ()))
+    valid_padded = pad_right(valid_histories, model.max_len)
+    eval_batch = int(p.get("eval_batch_size", 512))
+    every, last_saved = p.get("checkpoint_every", "auto"), state["epoch"]
+    interval = None if every in (None, "auto") else checkpoint_interval(every, 0.0, 1.0)
     num_batches = (len(inputs) + batch_size - 1) // batch_size
     while state["epoch"] < epochs and not (patience is not None and state["bad_epochs"] >= int(patience)):
         epoch = state["epoch"] + 1
         start_time = time.perf_counter()
         model.train()
-        order = np.random.default_rng(seed + epoch).permutation(len(inputs))
+        order = epoch_order(lengths, batch_size, int(p.get("length_grouping", 0) or 0), seed + epoch)
         sums: dict[str, torch.Tensor | float] = {}
         for b in progress(range(num_batches), desc=f"epoch {epoch}", leave=False):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            x, y = inputs[idx], targets[idx]
-            width = max(int((x > 0).sum(axis=1).max()), 1)  # right padding: trim the all-zero tail
-            batch = {
-                "item_seq": torch.from_numpy(x[:, :width]).to(device),
-                "target_seq": torch.from_numpy(y[:, :width]).to(device),
-            }
+            share = 1.0
+            if world > 1:  # this rank's part of the global batch, weighted by its share of the targets
+                part = idx[rank::world] if len(idx) >= world else idx[:1]
+                share = world * float((targets[part] > 0).sum()) / max(float((targets[idx] > 0).sum()), 1.0)
+                idx = part
+            batch = to_device(host_batch(inputs, targets, lengths, idx, model.num_items, with_items), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                parts = model.training_step(batch)
+                parts = step(batch)
             optimizer.zero_grad(set_to_none=True)
-            parts["loss"].backward()
+            (parts["loss"] * share if world > 1 else parts["loss"]).backward()
             if p.get("grad_clip"):
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(p["grad_clip"]))
             optimizer.step()
             for k, v in parts.items():  # summed on the device: no host sync per batch
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # once per epoch, so that the training time is measured
+        train_secs = time.perf_counter() - start_time
         # Validation in full precision: bf16 scores would create ties, which the pessimistic rank penalises.
+        users = np.arange(len(valid_targets))[rank::world]
         ranks = rank_targets(
-            model, valid_histories, valid_targets, model.max_len,
-            int(p.get("eval_batch_size", 512)), device=device, desc="validation",
+            model, valid_padded[users], valid_targets[users], model.max_len, eval_batch, device=device,
+            desc="validation", max_scores=p.get("eval_max_scores"),
         )  # fmt: skip
+        if world > 1:
+            ranks, sums = _gather_ranks(ranks, len(valid_targets)), _mean_over_ranks(sums)
         valid = summarize(ranks, ks)
         if metric not in valid:
             raise ValueError(f"early_stopping.metric {metric!r} is not one of {sorted(valid)}")
-        secs = time.perf_counter() - start_time
         parts_mean = {k: float(v) / max(num_batches, 1) for k, v in sums.items()}
-        state["history"].append({"epoch": epoch, "loss": parts_mean, "valid": valid, "seconds": secs})
+        secs = time.perf_counter() - start_time
+        state["history"].append(
+            {"epoch": epoch, "loss": parts_mean, "valid": valid, "seconds": secs,
+             "train_seconds": train_secs, "valid_seconds": secs - train_secs}
+        )  # fmt: skip
         if valid[metric] > state["best_score"]:
             state.update(best_score=valid[metric], best_epoch=epoch, bad_epochs=0)
-            best_state = _to_cpu_state(model)
+            best_state = _state_copy(model)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         _log_epoch(epoch, epochs, parts_mean, valid, secs)
-        if checkpoint_path is not None:
-            _atomic_torch_save(
-                {
+        if checkpoint_path is not None and (interval is None or epoch - last_saved >= interval):
+            saved = time.perf_counter()
+            rng = _rng_state()
+            rng_ranks = [None] * world
+            if world > 1:
+                dist.all_gather_object(rng_ranks, rng)
+            if rank == 0:
+                payload = {
                     "model": _to_cpu_state(model),
                     "optimizer": optimizer.state_dict(),
-                    "best_state": best_state,
+                    "best_state": {k: v.cpu() for k, v in best_state.items()},
                     "state": state,
-                    "rng": _rng_state(),
-                },
-                checkpoint_path,
-            )
+                    "rng": rng,
+                }
+                if world > 1:
+                    payload["rng_ranks"] = rng_ranks
+                save_checkpoint(payload, checkpoint_path)
+            if world > 1:
+                dist.barrier()
+            last_saved = epoch
+            if every in (None, "auto"):  # from the measured cost: saving < 5% of the time
+                interval = checkpoint_interval("auto", time.perf_counter() - saved, secs)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     model.load_state_dict(best_state)
@@ -237,6 +423,29 @@ def fit(
         "early_stopping_metric": metric,
         "stopped_early": stopped_early,
     }
+
+
+def _gather_ranks(local: np.ndarray, total: int) -> np.ndarray:
+    """Every rank's validation ranks (users ``rank::world``) back in user order, on every rank."""
+    _, world = _world()
+    parts: list[Any] = [None] * world
+    dist.all_gather_object(parts, local)
+    out = np.empty(total, dtype=np.int64)
+    for r, part in enumerate(parts):
+        out[r::world] = part
+    return out
+
+
+def _mean_over_ranks(sums: dict[str, Any]) -> dict[str, Any]:
+    """Epoch loss sums averaged over the ranks (each rank's sums are over its share of every batch)."""
+    _, world = _world()
+    out = {}
+    for k, v in sums.items():
+        t = torch.as_tensor(v, dtype=torch.float32).clone()
+        t = t.to("cuda") if dist.get_backend() == "nccl" else t.cpu()
+        dist.all_reduce(t)
+        out[k] = t / world
+    return out
 
 
 def train_model(
@@ -264,7 +473,11 @@ def train_model(
         raise ValueError("the model parameter block needs an 'architecture' key (e.g. maf, sasrec)")
     max_len, seed = int(max_len), int(seed)
     num_items = int(item_index["item_idx"].max())
+    rank, world = init_distributed(training_params)
     device = resolve_device(training_params.get("device", "auto"))
+    if world > 1 and device.type == "cuda":  # one GPU per rank (torchrun's LOCAL_RANK)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
     if training_params.get("num_threads"):
         torch.set_num_threads(int(training_params["num_threads"]))
     features = feature_tables(image_features, text_features, category_features)
@@ -293,18 +506,20 @@ def train_model(
         device,
     )
     # one run at a time on a checkpoint folder: a second fails naming the first, or waits lock_wait_s
-    folder, wait_s = (ckpt.parent if ckpt else None), training_params.get("lock_wait_s", 0)
+    # (under DDP the ranks are one run: rank 0 holds the lock and writes)
+    folder, wait_s = (ckpt.parent if ckpt and rank == 0 else None), training_params.get("lock_wait_s", 0)
     with folder_lock(folder, wait_s, "training checkpoint folder", "training.lock_wait_s"):
         history = fit(
             model, inputs, targets, valid_h, valid_t, training_params, seed, ckpt, device, on_epoch_end
         )
-        if ckpt is not None and not training_params.get("keep_checkpoint", False):
+        if ckpt is not None and rank == 0 and not training_params.get("keep_checkpoint", False):
             shutil.rmtree(ckpt.parent, ignore_errors=True)
     history.update(
         architecture=name,
         seed=seed,
         device=str(device),
         num_windows=len(inputs),
+        world_size=world,
         total_seconds=time.perf_counter() - started,
     )
     artifact: dict[str, Any] = _to_cpu_state(model)

@@ -1,0 +1,514 @@
+"""The declared schema of the project's parameters (``conf/*/parameters*.yml`` plus ``--params``).
+
+``validate_parameters`` checks every block before the first node runs (``hooks.ParameterSchemaHook``):
+types, ranges and unknown keys, so ``--params=preprocessing.k=five`` or a misspelt key fails at once with
+the parameter's dotted name, its value and what is allowed, instead of deep inside a node after every
+upstream node ran. Nodes still receive the plain dictionaries; the schema only checks them.
+
+A new parameter is a new field here (the test suite validates ``conf/base`` and every environment).
+Model blocks (``<model>.model``) mirror the constructor arguments of ``maf_pipeline.models.MODELS``
+(a test keeps them in step) without importing torch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from kedro.validation import ParameterValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0, lt=1)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")]
+Precision = Literal["fp32", "fp16", "bf16"]
+StorageDtype = Literal["float32", "float16"]
+Modality = Literal["image", "text", "category"]
+Metric = Annotated[str, Field(pattern=r"^(recall@\d+|ndcg@\d+|mrr)$")]
+DateLike = str | dt.date | None
+
+
+class Block(BaseModel):
+    """A parameter block: strict types (no "5" for 5, no 1.5 for an int), unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DateWindow(Block):
+    start: DateLike = None
+    end: DateLike = None
+
+    @field_validator("start", "end")
+    @classmethod
+    def _iso_date(cls, value: DateLike) -> DateLike:
+        if isinstance(value, str):
+            dt.date.fromisoformat(value)  # raises "Invalid isoformat string"
+        return value
+
+
+# ------------------------------------------------------------------ ingestion
+class IngestionMetadata(Block):
+    upgrade_thumbnails: bool = True
+    main_category_fallback: bool = False
+    include_features: bool = False
+
+
+class InteractionOnly(Block):
+    format: Literal["auto", "recbole", "user_item", "user_sequence"] = "auto"
+    field_separator: str = "\t"
+    seq_separator: str = " "
+    user_field: str = "user_id"
+    item_field: str = "item_id"
+    rating_field: str | None = None
+    time_field: str | None = None
+    title_fields: list[str] = []
+    text_fields: list[str] = []
+    category_fields: list[str] = []
+    brand_fields: list[str] = []
+    synthetic_start: DateLike = None
+    synthetic_step_s: PositiveInt = 1
+    attributes_suffix: str = "_item2attributes.json"
+    max_bad_fraction: Fraction = 0.01
+    first_bad_lines: NonNegativeInt = 10
+
+
+class Ingestion(Block):
+    format: Literal["auto", "2014", "2018", "2023"] = "auto"
+    max_bad_fraction: Fraction = 0.01
+    block_size_mb: PositiveFloat = 8
+    parse_threads: PositiveInt = 2
+    detect_lines: PositiveInt = 20
+    first_bad_lines: NonNegativeInt = 10
+    invalid_utf8: Literal["replace", "skip"] = "replace"
+    timestamp_unit: Literal["s", "ms"] | None = None
+    metadata: IngestionMetadata = IngestionMetadata()
+    interaction_only: InteractionOnly = InteractionOnly()
+
+
+# -------------------------------------------------------------- preprocessing
+class Preprocessing(Block):
+    dataset_name: str = ""
+    category_labels: list[str] | None = None
+    dedup_keep: Literal["first", "last", "all"] = "first"
+    required_modalities: list[Modality] = []
+    k: PositiveInt = 5
+    user_k: PositiveInt | None = None
+    item_k: PositiveInt | None = None
+
+
+class Sequences(Block):
+    max_len: PositiveInt = 50
+    short_users: Literal["train_only", "drop"] = "train_only"
+
+
+# ------------------------------------------------------------------- features
+class Download(Block):
+    workers: PositiveInt = 8
+    timeout_s: PositiveFloat = 10
+    deadline_s: PositiveFloat = 60
+    retries: NonNegativeInt = 3
+    backoff_s: NonNegativeFloat = 0.5
+    backoff_max_s: NonNegativeFloat = 8
+    max_bytes: PositiveInt = 10_000_000
+    max_pixels: PositiveInt = 89_478_485
+    max_urls_per_item: PositiveInt = 3
+    full_size: bool = True
+    user_agent: str = ""
+    probe_timeout_s: PositiveFloat = 3
+    on_unreachable: Literal["fail", "mark_missing"] = "fail"
+    allowed_hosts: list[str] = []
+
+
+class Images(Block):
+    source: Literal["local", "url"] = "local"
+    download: Download = Download()
+    lock_wait_s: NonNegativeFloat | None = 0
+
+
+class Encoder(Block):
+    weights: str = "auto"
+    local_weights: str | None = None
+    allow_download: bool = True
+    download_timeout_s: PositiveFloat = 5
+    batch_size: PositiveInt = 32
+    device: Device = "auto"
+    precision: Precision = "fp32"
+    storage_dtype: StorageDtype = "float32"
+
+
+class ImageEncoder(Encoder):
+    arch: Annotated[str, Field(pattern=r"^vgg\d+(_bn)?$")] = "vgg16"
+    input_size: Annotated[int, Field(ge=32)] = 224
+    resize_size: Annotated[int, Field(ge=32)] | None = None
+    num_workers: NonNegativeInt = 0
+
+
+class TextEncoder(Encoder):
+    model_name: str = "bert-base-uncased"
+    pooling: Literal["cls", "mean", "pooler"] = "cls"
+    normalize: bool = False
+    max_tokens: Annotated[int, Field(ge=1, le=512)] = 256
+
+
+class Categories(Block):
+    min_frequency: PositiveInt = 1
+    drop_universal: bool = True
+    max_labels: PositiveInt | None = None
+    storage_dtype: StorageDtype = "float32"
+
+
+class Cache(Block):
+    enabled: bool = True
+    flush_every: PositiveInt = 1024
+    lock_wait_s: NonNegativeFloat | None = 0
+
+
+class Features(Block):
+    images: Images = Images()
+    image_encoder: ImageEncoder = ImageEncoder()
+    text_encoder: TextEncoder = TextEncoder()
+    categories: Categories = Categories()
+    cache: Cache = Cache()
+
+
+# ------------------------------------------------------- training, evaluation
+class EarlyStopping(Block):
+    metric: Metric = "ndcg@20"
+    patience: PositiveInt | None = 10
+
+
+class Training(Block):
+    epochs: PositiveInt = 200
+    batch_size: PositiveInt = 256
+    length_grouping: NonNegativeInt = 0
+    learning_rate: PositiveFloat = 1e-4
+    weight_decay: NonNegativeFloat = 0.0
+    grad_clip: PositiveFloat | None = None
+    objective: Literal["all_positions", "last_position"] = "all_positions"
+    early_stopping: EarlyStopping = EarlyStopping()
+    ks: list[PositiveInt] = [10, 20]
+    loss: Literal["full", "sampled_softmax"] = "full"
+    loss_chunk_size: PositiveInt | None = 32768
+    num_negatives: PositiveInt = 256
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    eval_batch_size: PositiveInt = 1024
+    eval_max_scores: PositiveInt = 268435456
+    device: Device = "auto"
+    bf16: bool = False
+    compile: bool | str = False
+    num_threads: PositiveInt | None = None
+    distributed: bool | Literal["auto"] = "auto"
+    checkpoint_every: PositiveInt | Literal["auto"] | None = "auto"
+    checkpoint_dir: str = "data/06_models/checkpoints"
+    keep_checkpoint: bool = False
+    lock_wait_s: NonNegativeFloat | None = 0
+
+
+class Evaluation(Block):
+    protocol: Literal["full", "sampled"] = "full"
+    num_negatives: PositiveInt = 100
+    mask_history: bool = False
+    ks: list[PositiveInt] = [10, 20]
+    batch_size: PositiveInt = 1024
+    max_scores: PositiveInt = 268435456
+    device: Device = "auto"
+
+
+# ---------------------------------------------------------------- model blocks
+class ModelBlock(Block):
+    architecture: str
+
+
+class AttentionModel(ModelBlock):
+    d: PositiveInt = 64
+    n_layers: PositiveInt = 2
+    n_heads: PositiveInt = 2
+    d_ff: PositiveInt = 256
+    dropout: Probability = 0.5
+    attn_dropout: Probability = 0.5
+    layer_norm_eps: PositiveFloat = 1e-12
+    init_std: PositiveFloat = 0.02
+
+    @model_validator(mode="after")
+    def _heads_divide_d(self) -> AttentionModel:
+        if self.d % self.n_heads:
+            raise ValueError(f"d ({self.d}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+
+class SASRecBlock(AttentionModel):
+    architecture: Literal["sasrec"]
+    fused_attention: bool = True
+
+
+class BERT4RecBlock(AttentionModel):
+    architecture: Literal["bert4rec"]
+    mask_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    last_only_ratio: Fraction = 0.1
+
+
+class FeatureModel(AttentionModel):
+    modalities: list[Modality] = ["image", "text", "category"]
+
+
+class SASRecFBlock(FeatureModel):
+    architecture: Literal["sasrecf"]
+
+
+class FDSABlock(FeatureModel):
+    architecture: Literal["fdsa"]
+
+
+class MAFBlock(FeatureModel):
+    architecture: Literal["maf"]
+    fused_attention: bool = True
+    d_mm: PositiveInt = 32
+    fusion: Literal["sum", "concat", "gate"] = "sum"
+    scale: Literal["head", "model"] = "head"
+    multitask: bool = True
+    mtl_lambda: NonNegativeFloat = 1.0
+    mtl_normalize: Literal["constant", "none"] = "constant"
+    side_values: bool = False  # E_m also in the attention values (issue 12 lever)
+    mm_dropout: Probability = 0.0  # dropout on E_m (issue 12 lever)
+
+    @model_validator(mode="after")
+    def _d_mm_fits(self) -> MAFBlock:
+        if self.d_mm > self.d or self.d_mm % self.n_heads:
+            raise ValueError(f"d_mm ({self.d_mm}) must be <= d ({self.d}) and divisible by n_heads")
+        return self
+
+
+class GRU4RecBlock(ModelBlock):
+    architecture: Literal["gru4rec"]
+    embedding_size: PositiveInt = 64
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 1
+    dropout: Probability = 0.3
+
+
+class CaserBlock(ModelBlock):
+    architecture: Literal["caser"]
+    d: PositiveInt = 64
+    L: PositiveInt = 5
+    nh: PositiveInt = 16
+    nv: PositiveInt = 4
+    dropout: Probability = 0.4
+    reg_weight: NonNegativeFloat = 1e-4
+
+
+#: Parameter schema of each architecture's block, by architecture name (= ``maf_pipeline.models.MODELS``).
+MODEL_BLOCKS: dict[str, type[ModelBlock]] = {
+    "maf": MAFBlock,
+    "sasrec": SASRecBlock,
+    "gru4rec": GRU4RecBlock,
+    "caser": CaserBlock,
+    "bert4rec": BERT4RecBlock,
+    "sasrecf": SASRecFBlock,
+    "fdsa": FDSABlock,
+}
+
+
+class ModelParams(Block):
+    model: dict[str, Any]
+
+
+# -------------------------------------------------------- reporting, recommend
+class Attention(Block):
+    positions: PositiveInt = 15
+    layer: int = -1
+    head: Literal["mean"] | NonNegativeInt = "mean"
+    user: str | None = None
+
+
+class Reporting(Block):
+    attention: Attention = Attention()
+    histogram_bins: PositiveInt = 40
+
+
+class Recommend(Block):
+    k: PositiveInt = 10
+    users: list[str] | str | None = None
+    exclude_seen: bool = True
+    batch_size: PositiveInt = 256
+    device: Device = "auto"
+
+    @field_validator("users")
+    @classmethod
+    def _not_empty(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if value is not None and not (value.split() if isinstance(value, str) else value):
+            raise ValueError("an empty list of users would write an empty output; use null for every user")
+        return value
+
+
+class Serving(Block):
+    log_model: bool = True
+    models: list[str] = ["maf"]
+    artifact_path: Annotated[str, Field(pattern=r"^[\w.\-]+$")] = "model"
+    registered_model_name: str | None = None
+    k: PositiveInt = 10
+
+
+# -------------------------------------------------------------------- compare
+class Grid(Block):
+    enabled: bool = False
+    d_mm: list[PositiveInt] = []
+    mtl_lambda: list[NonNegativeFloat] = []
+    fusion: list[Literal["sum", "concat", "gate"]] = []
+    seeds: list[int] | None = None
+    metric: Metric = "ndcg@20"
+    fixed: dict[str, Any] = {}
+
+
+class Parallel(Block):
+    workers: PositiveInt | Literal["auto"] | None = "auto"
+    runs_per_gpu: PositiveInt = 1
+
+
+class Compare(Block):
+    parallel: Parallel = Parallel()
+    models: list[str] = []
+    seeds: list[int] = [42]
+    protocols: list[Literal["full", "sampled"]] = ["full"]
+    metrics: list[Metric] = []
+    figure_metrics: list[Metric] = []
+    training: dict[str, Any] = {}
+    model_training: dict[str, dict[str, Any]] = {}
+    evaluation: dict[str, Any] = {}
+    fusion: dict[str, dict[str, Any]] = {}
+    multitask: dict[str, dict[str, Any]] = {}
+    modalities: dict[str, dict[str, Any]] = {}
+    grid: Grid = Grid()
+
+
+#: Top-level blocks and their schema; a model block (``<name>: {model: {...}}``) is checked per architecture.
+BLOCKS: dict[str, Any] = {
+    "seed": Annotated[int, Field(ge=0)],
+    "date_window": DateWindow,
+    "ingestion": Ingestion,
+    "preprocessing": Preprocessing,
+    "sequences": Sequences,
+    "features": Features,
+    "training": Training,
+    "evaluation": Evaluation,
+    "reporting": Reporting,
+    "recommend": Recommend,
+    "serving": Serving,
+    "compare": Compare,
+}
+
+
+class Parameters(Block):
+    """All blocks; model blocks are validated in ``_check_model_blocks``."""
+
+    seed: Annotated[int, Field(ge=0)] = 42
+    date_window: DateWindow = DateWindow()
+    ingestion: Ingestion = Ingestion()
+    preprocessing: Preprocessing = Preprocessing()
+    sequences: Sequences = Sequences()
+    features: Features = Features()
+    training: Training = Training()
+    evaluation: Evaluation = Evaluation()
+    reporting: Reporting = Reporting()
+    recommend: Recommend = Recommend()
+    serving: Serving = Serving()
+    compare: Compare = Compare()
+
+
+def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """What the field at ``loc`` accepts (its type and bounds), for the error message."""
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            break
+        field = fields[part]
+        inner = field.annotation
+        candidates = [inner, *getattr(inner, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            break
+    if field is None:
+        return ""
+    bounds = " ".join(
+        f"{op} {getattr(m, attr)}"
+        for m in field.metadata
+        for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("pattern", "matching"))
+        if getattr(m, attr, None) is not None
+    )
+    kind = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    return f"{kind}{' ' + bounds if bounds else ''}"
+
+
+def _messages(error: ValidationError, schema: type[BaseModel], prefix: tuple[Any, ...]) -> list[str]:
+    out = []
+    for err in error.errors():
+        loc = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))
+        )
+        name = ".".join(str(p) for p in (*prefix, *loc))
+        if err["type"] == "extra_forbidden":
+            parent = schema
+            for part in loc[:-1]:
+                fields = getattr(parent, "model_fields", {})
+                ann = fields[part].annotation if part in fields else None
+                parent = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            known = sorted(getattr(parent, "model_fields", {})) if parent else []
+            out.append(f"{name}: unknown parameter{f' (known here: {known})' if known else ''}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc or (err["type"] == "value_error" and isinstance(err.get("input"), dict)):
+            out.append(f"{name}: {msg}")  # a check across fields of the block
+            continue
+        allowed = _allowed(schema, loc)
+        out.append(f"{name} = {err.get('input')!r}: {msg}{f' (allowed: {allowed})' if allowed else ''}")
+    return out
+
+
+def _check_model_blocks(params: dict[str, Any]) -> list[str]:
+    errors = []
+    for name, block in params.items():
+        if name in BLOCKS:
+            continue
+        if not (isinstance(block, dict) and isinstance(block.get("model"), dict)):
+            errors.append(
+                f"{name}: unknown parameter block (known: {sorted(BLOCKS)} and model blocks "
+                f"<name>: {{model: {{architecture: ...}}}})"
+            )
+            continue
+        if set(block) != {"model"}:
+            errors.append(f"{name}: unknown parameter(s) {sorted(set(block) - {'model'})} next to 'model'")
+        model = block["model"]
+        arch = model.get("architecture")
+        if arch not in MODEL_BLOCKS:
+            errors.append(f"{name}.model.architecture = {arch!r}: not one of {sorted(MODEL_BLOCKS)}")
+            continue
+        try:
+            MODEL_BLOCKS[arch].model_validate(model)
+        except ValidationError as err:
+            errors += _messages(err, MODEL_BLOCKS[arch], (name, "model"))
+    return errors
+
+
+def parameter_errors(params: dict[str, Any]) -> list[str]:
+    """Every problem of ``params`` (the merged parameters of a run), one message each; [] when valid."""
+    errors = []
+    known = {k: v for k, v in params.items() if k in BLOCKS}
+    try:
+        Parameters.model_validate(known)
+    except ValidationError as err:
+        errors += _messages(err, Parameters, ())
+    return errors + _check_model_blocks(params)
+
+
+def validate_parameters(params: dict[str, Any]) -> None:
+    """Raise ``ParameterValidationError`` naming every bad parameter (dotted name, value, what is allowed)."""
+    errors = parameter_errors(params)
+    if errors:
+        raise ParameterValidationError(
+            "Invalid parameters (schema: src/maf_pipeline/parameters.py):\n"
+            + "\n".join(f"- {e}" for e in errors)
+        )
