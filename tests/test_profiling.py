@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 from kedro.framework.hooks.manager import _create_hook_manager
@@ -18,8 +19,9 @@ from maf_pipeline.profiling import RunProfileHook, table_rows
 
 def grow(frame: pd.DataFrame) -> pd.DataFrame:
     """Ten times the rows, and some memory held for a moment."""
-    ballast = bytearray(64 << 20)  # 64 MB the sampler must see
-    ballast[-1] = 1
+    ballast = b"\x01" * (64 << 20)  # 64 MB written, so resident (a calloc'd buffer is not)
+    time.sleep(0.3)  # held for many of the sampler's periods
+    del ballast
     return pd.concat([frame] * 10, ignore_index=True)
 
 
