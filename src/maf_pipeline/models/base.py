@@ -90,8 +90,14 @@ class SequentialRecommender(nn.Module):
             return chunked_cross_entropy(hidden, weight, targets, bias, self.loss_chunk_size)
         return F.cross_entropy(self.score(hidden).float(), targets)
 
+    #: feature models embed each distinct item of the batch once: their ``forward`` takes the batch's
+    #: host-computed ``items`` and ``inverse`` (see :func:`unique_items`)
+    reads_items: bool = False
+
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Hidden states ``(B, L, d)`` of a training batch (feature models also read ``items``)."""
+        """Hidden states ``(B, L, d)`` of a training batch, with its distinct items for feature models."""
+        if self.reads_items:
+            return self(batch["item_seq"], items=batch.get("items"), inverse=batch.get("item_inverse"))
         return self(batch["item_seq"])
 
     def forward(self, item_seq: torch.Tensor, return_attention: bool = False) -> Any:

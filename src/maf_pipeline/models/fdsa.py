@@ -26,6 +26,8 @@ class FDSA(SequentialRecommender):
     (paper eq 9) is scored against E_id.
     """
 
+    reads_items = True
+
     architecture = "fdsa"
     feature_names = MODALITIES
 
@@ -67,10 +69,6 @@ class FDSA(SequentialRecommender):
     def field_weights(self, fields: torch.Tensor) -> torch.Tensor:
         """Attention weights ``(B, L, F)`` over the feature fields ``(B, L, F, d)`` of each item."""
         return torch.softmax(self.field_attn(fields).squeeze(-1), dim=-1)
-
-    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Hidden states of a training batch, with its host-computed distinct items when present."""
-        return self(batch["item_seq"], items=batch.get("items"), inverse=batch.get("item_inverse"))
 
     def forward(
         self,

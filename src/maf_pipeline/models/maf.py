@@ -55,6 +55,8 @@ class MAF(SequentialRecommender):
     (same parameter names and forward).
     """
 
+    reads_items = True
+
     architecture = "maf"
     feature_names = MODALITIES
 
@@ -157,10 +159,6 @@ class MAF(SequentialRecommender):
         uniq, inverse = unique_items(item_seq, items, inverse)
         e = sum(self.mm_proj[name](self.feature(name)[uniq].float()) for name in self.modalities)
         return e[inverse]
-
-    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Hidden states of a training batch, with its host-computed distinct items when present."""
-        return self(batch["item_seq"], items=batch.get("items"), inverse=batch.get("item_inverse"))
 
     def forward(
         self,

@@ -49,6 +49,8 @@ class FeatureFields(nn.Module):
 class SASRecF(SequentialRecommender):
     """``x_t = W_c [E_id(s_t); f_1(s_t); ...; f_F(s_t)] + P_t``, then LN, dropout and SASRec's blocks."""
 
+    reads_items = True
+
     architecture = "sasrecf"
     feature_names = MODALITIES
 
@@ -81,10 +83,6 @@ class SASRecF(SequentialRecommender):
             Block(d, n_heads, d_ff, dropout, attn_dropout, layer_norm_eps) for _ in range(n_layers)
         )
         self.init_weights(init_std)
-
-    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Hidden states of a training batch, with its host-computed distinct items when present."""
-        return self(batch["item_seq"], items=batch.get("items"), inverse=batch.get("item_inverse"))
 
     def forward(
         self,
