@@ -138,16 +138,18 @@ def test_bert4rec_masked_loss_covers_the_whole_window() -> None:
     model = build("bert4rec", mask_ratio=0.5)
     x = torch.tensor([[3, 4, 5, 0], [7, 8, 0, 0]])
     y = torch.tensor([[4, 5, 6, 0], [8, 9, 0, 0]])
-    seq = BERT4Rec.full_windows(x, y)
+    seq = BERT4Rec.full_windows(x.numpy(), y.numpy())
     assert seq.tolist() == [[3, 4, 5, 6, 0], [7, 8, 9, 0, 0]]
-    torch.manual_seed(5)
+    np.random.seed(5)
     parts = model.training_step({"item_seq": x, "target_seq": y})
-    torch.manual_seed(5)
-    masked = (torch.rand(seq.shape) < 0.5) & (seq > 0)
+    np.random.seed(5)
+    masked = (np.random.random_sample(seq.shape) < 0.5) & (seq > 0)
+    masked[np.random.random_sample(2) < model.last_only_ratio] = False
     lengths = (seq > 0).sum(1)
     for row in range(2):
         if not masked[row].any():
             masked[row, lengths[row] - 1] = True
+    seq, masked = torch.from_numpy(seq), torch.from_numpy(masked)
     with torch.no_grad():
         hidden = model(seq.masked_fill(masked, N + 1))
         expected = F.cross_entropy(model.score(hidden[masked]), seq[masked])
@@ -231,7 +233,7 @@ def test_tiny_dataset_is_overfit_through_the_training_node(name: str, tmp_path: 
     data = make_sequences(num_users=16, num_items=N, length=(6, 10), seed=1)
     feats = make_features(N)
     params = {
-        "epochs": 40,
+        "epochs": 60 if name == "bert4rec" else 40,  # Cloze: 40 epochs give 0.69-0.90 over seeds, 60 >= 0.90
         "batch_size": 16,
         "learning_rate": 1e-2,
         "early_stopping": {"metric": "ndcg@20", "patience": None},

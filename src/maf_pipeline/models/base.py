@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,6 +121,11 @@ class SequentialRecommender(nn.Module):
     def extra_losses(self, hidden: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """Auxiliary losses from the hidden states at the target positions ``(M, d)`` and targets ``(M,)``."""
         return {}
+
+    def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Host-side (numpy) additions to a training batch before it is copied to the device: a model whose
+        step needs data-dependent shapes (BERT4Rec's mask) computes them here: no sync in the device step."""
+        return batch
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Loss parts for one batch; ``"loss"`` is the total to minimise.

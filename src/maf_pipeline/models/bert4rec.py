@@ -9,6 +9,7 @@ oldest item).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,27 +85,44 @@ class BERT4Rec(SequentialRecommender):
         return self.out_bias
 
     @staticmethod
-    def full_windows(item_seq: torch.Tensor, target_seq: torch.Tensor) -> torch.Tensor:
+    def full_windows(item_seq: np.ndarray, target_seq: np.ndarray) -> np.ndarray:
         """``(B, L + 1)`` right-padded windows ``s_a..s_b``: the inputs plus the target after the last one."""
-        lengths = (item_seq > 0).sum(dim=1)
-        last = target_seq.gather(1, (lengths - 1).clamp(min=0)[:, None]).squeeze(1)
-        seq = F.pad(item_seq, (0, 1))
-        seq[torch.arange(seq.size(0), device=seq.device), lengths] = torch.where(lengths > 0, last, 0)
+        lengths = (item_seq > 0).sum(axis=1)
+        last = np.take_along_axis(target_seq, np.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+        seq = np.pad(item_seq, ((0, 0), (0, 1)))
+        seq[np.arange(len(seq)), lengths] = np.where(lengths > 0, last, 0)
         return seq
 
-    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Masked item prediction (Cloze, paper section 3.6): CE at the masked positions only."""
+    def prepare_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Draw the Cloze mask on the host (numpy's seeded, checkpointed global RNG): each item of the full
+        window is masked with probability ``mask_ratio``; ``last_only_ratio`` of the windows, and windows the
+        draw left unmasked, mask only their last item. Adds the masked window and the flat masked positions
+        with their items, so the device step has no data-dependent shape (no host sync)."""
         seq = self.full_windows(batch["item_seq"], batch["target_seq"])
         items = seq > 0
-        masked = (torch.rand(seq.shape, device=seq.device) < self.mask_ratio) & items
-        lengths = items.sum(dim=1)
-        rows = torch.arange(seq.size(0), device=seq.device)
-        last_only = torch.rand(seq.size(0), device=seq.device) < self.last_only_ratio
-        masked[last_only] = False
-        none = ~masked.any(dim=1) & (lengths > 0)  # last-only windows, and windows the draw left unmasked
-        masked[rows[none], lengths[none] - 1] = True
-        hidden = self(seq.masked_fill(masked, self.mask_token))
-        loss = self.next_item_loss(hidden[masked], seq[masked])
+        masked = (np.random.random_sample(seq.shape) < self.mask_ratio) & items
+        masked[np.random.random_sample(len(seq)) < self.last_only_ratio] = False
+        lengths = items.sum(axis=1)
+        none = ~masked.any(axis=1) & (lengths > 0)
+        masked[np.flatnonzero(none), lengths[none] - 1] = True
+        index = np.flatnonzero(masked)
+        return {
+            **batch,
+            "cloze_seq": np.where(masked, self.mask_token, seq),
+            "cloze_index": index,
+            "cloze_targets": seq.reshape(-1)[index],
+        }
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Masked item prediction (Cloze, paper section 3.6): CE at the masked positions only. The mask comes
+        from :meth:`prepare_batch` (drawn here, with a host round trip, when the batch lacks it)."""
+        if "cloze_index" not in batch:
+            device = batch["item_seq"].device
+            host = self.prepare_batch({k: batch[k].cpu().numpy() for k in ("item_seq", "target_seq")})
+            batch = {k: torch.from_numpy(v).to(device) for k, v in host.items()}
+        hidden = self(batch["cloze_seq"])
+        h = hidden.reshape(-1, hidden.size(-1)).index_select(0, batch["cloze_index"])
+        loss = self.next_item_loss(h, batch["cloze_targets"])
         return {"id": loss, "loss": loss}
 
     def last_hidden(self, item_seq: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,7 @@ class OpRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("arch", ["maf", "sasrec", "sasrecf", "fdsa"])
+@pytest.mark.parametrize("arch", ["maf", "sasrec", "sasrecf", "fdsa", "bert4rec"])
 @pytest.mark.parametrize("loss", ["full", "chunked", "sampled_softmax"])
 def test_training_step_has_no_host_sync_ops(arch: str, loss: str) -> None:
     """Forward, loss, backward and clipping on a host-prepared batch run no op that syncs on CUDA. (Adam's
@@ -81,10 +81,8 @@ def test_training_step_has_no_host_sync_ops(arch: str, loss: str) -> None:
     configure_training_loss(model, targets, p)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     lengths = (inputs > 0).sum(axis=1)
-    batch = to_device(
-        host_batch(inputs, targets, lengths, np.arange(8), 30, bool(getattr(model, "modalities", ()))),
-        torch.device("cpu"),
-    )
+    host = host_batch(inputs, targets, lengths, np.arange(8), 30, bool(getattr(model, "modalities", ())))
+    batch = to_device(model.prepare_batch(host), torch.device("cpu"))
     with OpRecorder() as rec:
         parts = model.training_step(batch)
         parts["loss"].backward()
@@ -96,7 +94,7 @@ def test_training_step_has_no_host_sync_ops(arch: str, loss: str) -> None:
     with torch.no_grad():
         fallback = model.training_step({"item_seq": batch["item_seq"], "target_seq": batch["target_seq"]})
         prepared = model.training_step(batch)
-    if loss != "sampled_softmax":
+    if loss != "sampled_softmax" and arch != "bert4rec":  # BERT4Rec's fallback draws a new mask
         torch.testing.assert_close(prepared["loss"], fallback["loss"])
 
 

@@ -351,7 +351,8 @@ def fit(
                 part = idx[rank::world] if len(idx) >= world else idx[:1]
                 share = world * float((targets[part] > 0).sum()) / max(float((targets[idx] > 0).sum()), 1.0)
                 idx = part
-            batch = to_device(host_batch(inputs, targets, lengths, idx, model.num_items, with_items), device)
+            host = model.prepare_batch(host_batch(inputs, targets, lengths, idx, model.num_items, with_items))
+            batch = to_device(host, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 parts = step(batch)
             optimizer.zero_grad(set_to_none=True)
