@@ -99,16 +99,22 @@ def test_training_step_has_no_host_sync_ops(arch: str, loss: str) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not present: sync debug mode needs a GPU")
-def test_training_epoch_has_no_host_sync_on_cuda(tmp_path: Path) -> None:
+@pytest.mark.parametrize("arch", ["maf", "bert4rec"])
+def test_training_epoch_has_no_host_sync_on_cuda(arch: str, tmp_path: Path) -> None:
     data, features = make_sequences(), make_features(30)
     feats = {k: v["features"] for k, v in features.items()}
     device = torch.device("cuda")
-    model = build_model("maf", 30, 6, tiny_maf_params(), feats).to(device)
+    params = tiny_maf_params() if arch == "maf" else {"architecture": arch, "d": 16, "n_heads": 2}
+    model = build_model(arch, 30, 6, params, feats).to(device)
     inputs, targets = training_windows(list(data["train_sequences"]["items"]), 6)
     configure_training_loss(model, targets, {"loss": "full", "loss_chunk_size": 8})
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     lengths = (inputs > 0).sum(axis=1)
-    batches = [host_batch(inputs, targets, lengths, np.arange(i, i + 8), 30, True) for i in (0, 8)]
+    with_items = arch == "maf"
+    batches = [
+        model.prepare_batch(host_batch(inputs, targets, lengths, np.arange(i, i + 8), 30, with_items))
+        for i in (0, 8)
+    ]
     for b in batches:  # warm-up (lazy CUDA init, allocator)
         model.training_step(to_device(b, device))["loss"].backward()
     torch.cuda.synchronize()
