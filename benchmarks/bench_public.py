@@ -24,6 +24,7 @@ Run (one SASRec training is ~40 s/epoch on one idle CPU core; checkpoints make a
         --train weight_decay=1e-4 --label sasrec-wd
     PYTHONPATH=src python benchmarks/bench_public.py --models maf --grid 'd_mm=[16,32]' \\
         --grid 'mtl_lambda=[0.3,1]' --grid 'side_values=[false,true]' --epochs 30   # compare's grid
+    PYTHONPATH=src python benchmarks/bench_public.py --from-runs data/08_reporting/bench_public/runs_*.csv
 """
 
 from __future__ import annotations
@@ -183,6 +184,31 @@ def table(summary: pd.DataFrame, labels: list[str], published: pd.DataFrame, inf
     return "\n".join(lines)
 
 
+def run_info(runs: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """Row labels in order of appearance and each one's ``seeds|best epochs|min/run`` cells."""
+    labels, info = list(dict.fromkeys(runs["variant"])), {}
+    for label in labels:
+        sub = runs[runs["variant"] == label]
+        if sub["seed"].isna().all():  # Pop: deterministic, no training
+            info[label] = "-|-|0"
+            continue
+        per_seed = sub.groupby("seed")[["best_epoch", "train_seconds"]].first()
+        best = ", ".join(str(int(b)) for b in per_seed["best_epoch"])
+        info[label] = f"{len(per_seed)}|{best}|{per_seed['train_seconds'].mean() / 60:.1f}"
+    return labels, info
+
+
+def print_tables(runs: pd.DataFrame, published: pd.DataFrame) -> None:
+    """Test and validation tables for both protocols; the published rows beside the protocol they use."""
+    labels, info = run_info(runs)
+    for split in ("test", "valid"):
+        summary = summarise(runs, labels, METRICS, split=split)
+        for protocol, title in PROTOCOLS.items():
+            print(f"\n{split}, {title}:")
+            rows = published if split == "test" and protocol == "full_unseen" else published.iloc[:0]
+            print(table(summary[summary["protocol"] == protocol], labels, rows, info))
+
+
 def main() -> None:
     """Prepare Beauty, train the selected models over the seeds, print the table beside the published rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -216,7 +242,20 @@ def main() -> None:
     parser.add_argument("--grid-seeds", default="42", help="seeds per grid point")
     parser.add_argument("--label", default="", help="suffix of the row labels and output files")
     parser.add_argument("--out", type=Path, default=REPO / "data" / "08_reporting" / "bench_public")
+    parser.add_argument(
+        "--from-runs",
+        nargs="+",
+        type=Path,
+        help="print the tables of earlier runs (their runs_*.csv, e.g. models trained in parallel processes) "
+        "without training",
+    )
     args = parser.parse_args()
+    if args.from_runs:
+        runs = pd.concat([pd.read_csv(path) for path in args.from_runs], ignore_index=True)
+        runs = runs.drop_duplicates(["variant", "seed", "protocol", "split", "metric"])  # Pop in several
+        print(f"{args.data.name}: runs from {', '.join(p.name for p in args.from_runs)}")
+        print_tables(runs, published_rows(args.data.parent / "README.md"))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -260,25 +299,16 @@ def main() -> None:
         grid_report, _ = build_grid_report(grid_runs, selection)
         args.out.mkdir(parents=True, exist_ok=True)
         grid_runs.to_csv(args.out / f"grid{'_' + args.label if args.label else ''}.csv", index=False)
-    frames, info, labels = [], {}, []
+    frames = []
     if "pop" in models:  # as compare's run_popularity, evaluated by the bench context
         pop = Popularity.from_sequences(list(data["train_sequences"]["items"]), ctx.num_items)
         frames.append(pd.DataFrame([{"variant": "pop", **row} for row in ctx.evaluate(pop, args.max_len)]))
-        labels.append("pop")
-        info["pop"] = "-|-|0"
     for name in (m for m in models if m != "pop"):
         label = name + suffix
-        rows = []
         for seed in seeds:
             t0 = time.perf_counter()
-            rows.extend(ctx.train_and_evaluate(label, blocks[name], seed, training))
+            frames.append(pd.DataFrame(ctx.train_and_evaluate(label, blocks[name], seed, training)))
             logger.info("%s seed %d done in %.1f min", label, seed, (time.perf_counter() - t0) / 60)
-        runs = pd.DataFrame(rows)
-        frames.append(runs)
-        labels.append(label)
-        best = runs.groupby("seed")["best_epoch"].first().tolist()
-        minutes = runs.groupby("seed")["train_seconds"].first().mean() / 60
-        info[label] = f"{len(best)}|{', '.join(map(str, best))}|{minutes:.1f}"
     runs = pd.concat(frames, ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "runs" + (f"_{args.label}" if args.label else "")
@@ -294,13 +324,7 @@ def main() -> None:
         f"batch {args.batch_size}, patience {args.patience}, seeds {seeds}, training overrides {args.train}, "
         f"model overrides {args.set}"
     )
-    published = published_rows(args.data.parent / "README.md")
-    for split in ("test", "valid"):
-        summary = summarise(runs, labels, METRICS, split=split)
-        for protocol, title in PROTOCOLS.items():
-            print(f"\n{split}, {title}:")
-            rows = published if split == "test" and protocol == "full_unseen" else published.iloc[:0]
-            print(table(summary[summary["protocol"] == protocol], labels, rows, info))
+    print_tables(runs, published_rows(args.data.parent / "README.md"))
     if grid_report:
         print("\n" + grid_report)
     print(f"total {(time.perf_counter() - started) / 60:.1f} min; runs and histories in {args.out}")
