@@ -189,7 +189,7 @@ def run_info(runs: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
     labels, info = list(dict.fromkeys(runs["variant"])), {}
     for label in labels:
         sub = runs[runs["variant"] == label]
-        if sub["seed"].isna().all():  # Pop: deterministic, no training
+        if "seed" not in sub or sub["seed"].isna().all():  # Pop: deterministic, no training
             info[label] = "-|-|0"
             continue
         per_seed = sub.groupby("seed")[["best_epoch", "train_seconds"]].first()
@@ -299,7 +299,19 @@ def main() -> None:
         grid_report, _ = build_grid_report(grid_runs, selection)
         args.out.mkdir(parents=True, exist_ok=True)
         grid_runs.to_csv(args.out / f"grid{'_' + args.label if args.label else ''}.csv", index=False)
-    frames = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "runs" + (f"_{args.label}" if args.label else "")
+    frames: list[pd.DataFrame] = []
+
+    def save() -> pd.DataFrame:
+        """Write the runs so far (after every seed: a killed or interrupted benchmark keeps finished runs)."""
+        runs = pd.concat(frames, ignore_index=True)
+        runs.to_csv(args.out / f"{stem}.csv", index=False)
+        keys = ("variant", "seed", "config", "best_epoch", "total_seconds", "epochs")
+        curves = [{k: h[k] for k in keys} for h in ctx.histories]
+        (args.out / f"{stem}_histories.json").write_text(json.dumps(curves, indent=1, default=str))
+        return runs
+
     if "pop" in models:  # as compare's run_popularity, evaluated by the bench context
         pop = Popularity.from_sequences(list(data["train_sequences"]["items"]), ctx.num_items)
         frames.append(pd.DataFrame([{"variant": "pop", **row} for row in ctx.evaluate(pop, args.max_len)]))
@@ -308,16 +320,9 @@ def main() -> None:
         for seed in seeds:
             t0 = time.perf_counter()
             frames.append(pd.DataFrame(ctx.train_and_evaluate(label, blocks[name], seed, training)))
+            save()
             logger.info("%s seed %d done in %.1f min", label, seed, (time.perf_counter() - t0) / 60)
-    runs = pd.concat(frames, ignore_index=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "runs" + (f"_{args.label}" if args.label else "")
-    runs.to_csv(args.out / f"{stem}.csv", index=False)
-    curves = [
-        {k: h[k] for k in ("variant", "seed", "config", "best_epoch", "total_seconds", "epochs")}
-        for h in ctx.histories
-    ]
-    (args.out / f"{stem}_histories.json").write_text(json.dumps(curves, indent=1, default=str))
+    runs = save()
     print(
         f"\n{args.data.name}: leave-one-out, {ctx.num_items} items, {len(data['test_sequences'])} users, "
         f"d={args.d}, {args.layers} layers, {args.heads} heads, max_len {args.max_len}, lr {args.lr}, "
