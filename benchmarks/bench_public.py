@@ -300,7 +300,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         grid_runs.to_csv(args.out / f"grid{'_' + args.label if args.label else ''}.csv", index=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "runs" + (f"_{args.label}" if args.label else "")
+    stem = f"runs_{'-'.join(models)}" + (f"_{args.label}" if args.label else "")  # parallel runs: own files
     frames: list[pd.DataFrame] = []
 
     def save() -> pd.DataFrame:
