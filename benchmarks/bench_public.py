@@ -282,6 +282,7 @@ def main() -> None:
     blocks = model_blocks(params, args, parse_assignments(args.set))
     suffix = f" ({args.label})" if args.label else ""
     grid_report = ""
+    args.out.mkdir(parents=True, exist_ok=True)
     if args.grid and "maf" in models:  # compare's grid search, selected on validation NDCG@20
         grid = {
             "enabled": True,
@@ -297,9 +298,7 @@ def main() -> None:
         )  # fmt: skip
         blocks["maf"] = resolve_maf_config(blocks["maf"], selection)
         grid_report, _ = build_grid_report(grid_runs, selection)
-        args.out.mkdir(parents=True, exist_ok=True)
         grid_runs.to_csv(args.out / f"grid{'_' + args.label if args.label else ''}.csv", index=False)
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = f"runs_{'-'.join(models)}" + (f"_{args.label}" if args.label else "")  # parallel runs: own files
     frames: list[pd.DataFrame] = []
 

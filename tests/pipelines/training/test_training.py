@@ -166,6 +166,9 @@ def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
     resumed_epochs = []
     resumed, hist_b = run(data, features, model_params, params_b, on_epoch_end=resumed_epochs.append)
     assert resumed_epochs == [3, 4]  # only the missing epochs ran
+    assert hist_b["resumed_epochs"] == 2 and hist_a["resumed_epochs"] == 0
+    # the resumed run's wall time counts the killed process's two epochs as well
+    assert hist_b["total_seconds"] >= sum(e["seconds"] for e in hist_b["epochs"])
     for key, value in uninterrupted.items():
         if key != "__metadata__":
             assert torch.equal(value, resumed[key]), key

@@ -331,6 +331,7 @@ def fit(
         _set_rng_state(ckpt["rng_ranks"][rank] if world > 1 else ckpt["rng"])
         logger.info("resuming %s from epoch %d (%s)", model.architecture, state["epoch"], checkpoint_path)
 
+    resumed_epochs = state["epoch"]  # epochs trained by an earlier process (their time is in the history)
     lengths = (inputs > 0).sum(axis=1)
     with_items = bool(getattr(model, "modalities", ()))
     valid_padded = pad_right(valid_histories, model.max_len)
@@ -423,6 +424,7 @@ def fit(
         "best_valid": state["history"][state["best_epoch"] - 1]["valid"] if state["best_epoch"] else None,
         "early_stopping_metric": metric,
         "stopped_early": stopped_early,
+        "resumed_epochs": resumed_epochs,
     }
 
 
@@ -521,7 +523,10 @@ def train_model(
         device=str(device),
         num_windows=len(inputs),
         world_size=world,
-        total_seconds=time.perf_counter() - started,
+        # a resumed run's wall time includes its earlier processes' epochs, not only this process
+        total_seconds=time.perf_counter()
+        - started
+        + sum(e["seconds"] for e in history["epochs"][: history["resumed_epochs"]]),
     )
     artifact: dict[str, Any] = _to_cpu_state(model)
     artifact["__metadata__"] = {
