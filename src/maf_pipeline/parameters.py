@@ -58,7 +58,7 @@ class IngestionMetadata(Block):
 
 
 class InteractionOnly(Block):
-    format: Literal["auto", "recbole", "user_item", "user_sequence"] = "auto"
+    format: Literal["auto", "recbole", "recbole_split", "user_item", "user_sequence"] = "auto"
     field_separator: str = "\t"
     seq_separator: str = " "
     user_field: str = "user_id"
@@ -124,7 +124,7 @@ class Download(Block):
 
 
 class Images(Block):
-    source: Literal["local", "url"] = "local"
+    source: Literal["local", "url", "file", "none"] = "local"
     download: Download = Download()
     lock_wait_s: NonNegativeFloat | None = 0
 
@@ -148,6 +148,7 @@ class ImageEncoder(Encoder):
 
 
 class TextEncoder(Encoder):
+    source: Literal["encoder", "file"] = "encoder"
     model_name: str = "bert-base-uncased"
     pooling: Literal["cls", "mean", "pooler"] = "cls"
     normalize: bool = False

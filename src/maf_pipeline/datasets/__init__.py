@@ -6,9 +6,10 @@ need ``RawSource`` must not pay for.
 
 from typing import Any
 
+from .embeddings import EmbeddingFileDataset, ItemEmbeddings
 from .raw_file import RawFileDataset, RawSource
 
-__all__ = ["RawFileDataset", "RawSource", "SafetensorsDataset"]
+__all__ = ["EmbeddingFileDataset", "ItemEmbeddings", "RawFileDataset", "RawSource", "SafetensorsDataset"]
 
 
 def __getattr__(name: str) -> Any:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from maf_pipeline.datasets.embeddings import ItemEmbeddings
 from maf_pipeline.locks import FolderLock
 from maf_pipeline.progress import progress
 
@@ -211,11 +212,28 @@ def _copy_local(local: ImageFolder, item_id: str, max_bytes: int, max_pixels: in
     return FetchResult("ok", ext=ext, url=str(path), num_bytes=size)
 
 
-def _check_source(params: dict[str, Any]) -> str:
+IMAGE_SOURCES = ("local", "url", "file", "none")
+
+
+def _check_source(params: dict[str, Any], embeddings: ItemEmbeddings | None = None) -> str:
     source = params["source"]
-    if source not in ("local", "url"):
-        raise ValueError(f"features.images.source must be 'local' or 'url', not {source!r}")
+    if source not in IMAGE_SOURCES:
+        raise ValueError(f"features.images.source must be one of {IMAGE_SOURCES}, not {source!r}")
+    if source == "file" and embeddings is None:
+        raise ValueError(
+            "features.images.source is 'file' but the catalog's image_embeddings has no filepath: point it "
+            "at the precomputed image vectors (maf_pipeline.datasets.EmbeddingFileDataset)"
+        )
     return source
+
+
+def _vector_status(item_ids: Sequence[str], embeddings: ItemEmbeddings | None) -> np.ndarray:
+    """``vector`` for items with a precomputed image vector, ``no_vector`` for the others (``none`` for every
+    item when there is no image source)."""
+    if embeddings is None:
+        return np.full(len(item_ids), "none", dtype=object)
+    have = set(embeddings.ids)
+    return np.array(["vector" if i in have else "no_vector" for i in item_ids], dtype=object)
 
 
 def _ids_with_url(items: pd.DataFrame, cfg: dict[str, Any]) -> set[str]:
@@ -254,19 +272,28 @@ def list_image_candidates(
     local_images: ImageFolder,
     image_store: ImageFolder,
     params: dict[str, Any],
+    image_embeddings: ItemEmbeddings | None = None,
 ) -> pd.DataFrame:
     """Which interacted items can have an image, decided without fetching or decoding anything.
 
     An item is a candidate when it is already in the image store, or has a file in the local folder
     (``source: local``), or at least one usable URL (``source: url``). Every item with a verified image is a
     candidate, so filtering on candidates first and on verified images after the k-core gives the same data
-    as filtering on verified images up front (the k-core is monotone). Returns ``image_candidates``
-    (item_id, has_image, status: stored | local_file | url | no_file | no_url).
+    as filtering on verified images up front (the k-core is monotone). With ``source: file`` the image
+    modality is the precomputed ``image_embeddings``: an item is a candidate when it has a vector. Returns
+    ``image_candidates`` (item_id, has_image, status: stored | local_file | url | vector | no_file | no_url |
+    no_vector | none). ``source: none``: the data has no images (no item has one; nothing is read).
     """
-    source = _check_source(params)
+    source = _check_source(params, image_embeddings)
     item_ids = pd.Index(interactions["item_id"].astype(str).unique()).sort_values()
-    stored = _member(item_ids, image_store.ids())
-    if source == "local":
+    stored = (
+        _member(item_ids, image_store.ids()) if source in ("local", "url") else np.zeros(len(item_ids), bool)
+    )
+    if source == "none":
+        status = np.full(len(item_ids), "none", dtype=object)
+    elif source == "file":
+        status = _vector_status(item_ids, image_embeddings)
+    elif source == "local":
         if not stored.all():
             _require_folder(local_images)
         status = np.where(_member(item_ids, local_images.ids()), "local_file", "no_file")
@@ -276,7 +303,7 @@ def list_image_candidates(
     table = pd.DataFrame(
         {
             "item_id": item_ids.astype(str),
-            "has_image": ~np.isin(status, ["no_file", "no_url"]),
+            "has_image": ~np.isin(status, ["no_file", "no_url", "no_vector", "none"]),
             "status": status,
         }
     )
@@ -287,12 +314,43 @@ def list_image_candidates(
     return table[CANDIDATE_COLUMNS]
 
 
+def _vector_availability(
+    interactions: pd.DataFrame, embeddings: ItemEmbeddings | None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``image_availability`` when the image modality is a file of precomputed vectors, or absent
+    (``embeddings`` None: source ``none``); nothing is fetched."""
+    item_ids = sorted(interactions["item_id"].astype(str).unique())
+    status = _vector_status(item_ids, embeddings)
+    table = pd.DataFrame(
+        {
+            "item_id": item_ids,
+            "has_image": status == "vector",
+            "status": status,
+            "source": "file" if embeddings else "none",
+            "url": embeddings.source.get("file") if embeddings else None,
+            "num_bytes": pd.array([pd.NA] * len(item_ids), dtype="Int64"),
+            "detail": None,
+        }
+    )[AVAILABILITY_COLUMNS].astype({"item_id": str, "status": str, "source": str})
+    missing = int((status != "vector").sum())
+    if embeddings is None:
+        report = {"source": "none", "items": len(table), "attempted": 0, "fetched": 0}
+        return table, report
+    if missing:
+        logger.warning("%d of %d items have no precomputed image vector (treated as imageless)",
+                       missing, len(item_ids))  # fmt: skip
+    report = {"source": "file", "file": embeddings.source.get("file"), "items": len(table),
+              "with_vector": len(table) - missing, "attempted": 0, "fetched": 0}  # fmt: skip
+    return table, report
+
+
 def acquire_images(
     interactions: pd.DataFrame,
     items: pd.DataFrame,
     local_images: ImageFolder,
     image_store: ImageFolder,
     params: dict[str, Any],
+    image_embeddings: ItemEmbeddings | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Put one verified image per item of ``interactions`` into the image store and report which have one.
 
@@ -300,8 +358,11 @@ def acquire_images(
     fetched. Items already in the store are kept as they are (``status == "stored"``), so re-runs and
     interrupted runs only fetch what is missing. Returns ``image_availability`` (item_id, has_image, status,
     source, url, num_bytes, detail) and a transfer report (attempted, fetched, bytes, seconds, images/s).
+    With ``source: file`` nothing is fetched: an item has an image when ``image_embeddings`` has its vector.
     """
-    source = _check_source(params)
+    source = _check_source(params, image_embeddings)
+    if source in ("file", "none"):
+        return _vector_availability(interactions, image_embeddings)
     dl = params["download"]
     item_ids = sorted(interactions["item_id"].astype(str).unique())
     stored = image_store.ids()

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from maf_pipeline.datasets.embeddings import ItemEmbeddings
 from maf_pipeline.locks import folder_lock
 from maf_pipeline.progress import progress
 
@@ -55,6 +56,49 @@ def ordered_item_ids(item_index: pd.DataFrame) -> list[str]:
     if index["item_id"].duplicated().any():
         raise ValueError("item_index has duplicate item_id values")
     return index["item_id"].astype(str).tolist()
+
+
+def precomputed_table(
+    modality: str, item_ids: list[str], embeddings: ItemEmbeddings | None, storage_dtype: str
+) -> dict[str, Any]:
+    """A feature table from precomputed vectors: row i = item_idx i's vector, row 0 and items without a
+    vector zeros (counted and logged); ``__metadata__`` records the file, its sha256, dims and missing."""
+    if embeddings is None:
+        raise ValueError(
+            f"the {modality} modality's source is 'file' but the catalog's {modality}_embeddings has no "
+            "filepath: point it at the precomputed vectors (maf_pipeline.datasets.EmbeddingFileDataset)"
+        )
+    row = {item: n for n, item in enumerate(embeddings.ids)}
+    positions = [row.get(i, -1) for i in item_ids]
+    have = torch.tensor([p >= 0 for p in positions], dtype=torch.bool)
+    features = torch.zeros(len(item_ids) + 1, embeddings.dim, dtype=_storage_dtype(storage_dtype))
+    if have.any():
+        take = torch.tensor([p for p in positions if p >= 0], dtype=torch.long)
+        vectors = torch.from_numpy(embeddings.vectors)[take].to(features.dtype)
+        features[1:][have] = vectors
+    missing = [i for i, p in zip(item_ids, positions, strict=True) if p < 0]
+    if missing:
+        logger.warning(
+            "%s features from %s: %d of %d items have no vector (zero rows), e.g. %s",
+            modality, embeddings.source.get("file"), len(missing), len(item_ids), missing[:5],
+        )  # fmt: skip
+    logger.info(
+        "%s features from %s: %d items x %d dims, %d vectors of the file unused",
+        modality, embeddings.source.get("file"), len(item_ids), embeddings.dim,
+        len(embeddings.ids) - (len(item_ids) - len(missing)),
+    )  # fmt: skip
+    meta = {
+        "modality": modality,
+        "encoder": "precomputed",
+        "weights": None,
+        "source": dict(embeddings.source),
+        "settings": {"source": "file", "storage_dtype": storage_dtype},
+        "num_items": len(item_ids),
+        "dim": embeddings.dim,
+        "missing": len(missing),
+        "missing_examples": missing[:20],
+    }
+    return {"features": features, "__metadata__": meta}
 
 
 def _fingerprint(text: str) -> str:
@@ -187,9 +231,22 @@ def encode_images(
     params: dict[str, Any],
     cache_params: dict[str, Any],
     seed: int,
+    image_embeddings: ItemEmbeddings | None = None,
+    image_source: str = "local",
 ) -> dict[str, Any]:
-    """VGG fc7 features of each indexed item's image (paper: pre-trained VGG, d_v = 4096); zeros if none."""
+    """VGG fc7 features of each indexed item's image (paper: pre-trained VGG, d_v = 4096); zeros if none.
+
+    With ``features.images.source: file`` the table is the precomputed ``image_embeddings`` instead; with
+    ``none`` (data without images) it has no columns.
+    """
     item_ids = ordered_item_ids(item_index)
+    if image_source == "file":
+        return precomputed_table("image", item_ids, image_embeddings, params["storage_dtype"])
+    if image_source == "none":  # the data has no images: a table without columns (the modality is absent)
+        features = torch.zeros(len(item_ids) + 1, 0, dtype=_storage_dtype(params["storage_dtype"]))
+        meta = {"modality": "image", "encoder": None, "weights": None, "settings": {"source": "none"},
+                "num_items": len(item_ids), "dim": 0, "missing": len(item_ids)}  # fmt: skip
+        return {"features": features, "__metadata__": meta}
     available = set(
         image_availability.loc[image_availability["has_image"].astype(bool), "item_id"].astype(str)
     )
@@ -304,9 +361,15 @@ def encode_texts(
     params: dict[str, Any],
     cache_params: dict[str, Any],
     seed: int,
+    text_embeddings: ItemEmbeddings | None = None,
 ) -> dict[str, Any]:
-    """BERT sentence vectors of each indexed item's title + description (paper: BERT, d_t = 768)."""
+    """BERT sentence vectors of each indexed item's title + description (paper: BERT, d_t = 768).
+
+    With ``features.text_encoder.source: file`` the table is the precomputed ``text_embeddings`` instead.
+    """
     item_ids = ordered_item_ids(item_index)
+    if params.get("source", "encoder") == "file":
+        return precomputed_table("text", item_ids, text_embeddings, params["storage_dtype"])
     texts = item_texts(filtered_items)
     fingerprints = {i: _fingerprint(texts[i]) for i in item_ids if i in texts}
     choice = resolve_text_weights(params)

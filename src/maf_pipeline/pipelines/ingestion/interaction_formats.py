@@ -5,6 +5,10 @@
   rating and timestamp optional), and optionally a sibling ``.item`` (same stem) whose ``token`` or
   ``token_seq`` columns become the item's title, text and categories (e.g. ml-100k: ``movie_title`` -> title
   and text, ``class`` genres -> categories). ``token_seq`` values are split on ``seq_separator`` (a space).
+* RecBole's pre-split benchmark files (``<name>.train.inter``, ``.valid.inter``, ``.test.inter`` with an
+  ``item_id_list`` history column; UniSRec, VQ-Rec, MISSRec): the split is kept exactly (``benchmark_split``),
+  ids go through ``<name>.item2index`` / ``<name>.user2index`` when present, and ``<name>.text`` (or
+  ``<name>.item``) gives the items' text.
 * The SASRec authors' format (``data/Beauty.txt`` etc.): one ``user item`` pair per line, each user's lines in
   time order and no timestamps. Timestamps are synthesised in file order (``synthetic_start`` plus one
   ``synthetic_step_s`` per line), which keeps every user's order and makes ties impossible. A line with more
@@ -36,15 +40,17 @@ import pandas as pd
 
 from maf_pipeline.datasets import RawSource
 
+from .benchmark_split import benchmark_interactions, is_benchmark_split, read_index, sibling, split_files
 from .nodes import window_bounds
 from .rows import ITEMS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "recbole", "user_item", "user_sequence")
+FORMATS = ("auto", "recbole", "recbole_split", "user_item", "user_sequence")
 DEFAULTS: dict[str, Any] = {
-    # auto: a .inter file (optionally .gz) is RecBole; a text file with a line of more than two fields is
-    # user_sequence (line per user), otherwise user_item
+    # auto: a .inter file (optionally .gz) is RecBole, recbole_split when it has an item_id_list column or
+    # .train/.valid/.test.inter siblings (a fixed split, kept exactly); a text file with a line of more than
+    # two fields is user_sequence (line per user), otherwise user_item
     "format": "auto",
     "field_separator": "\t",
     "seq_separator": " ",
@@ -53,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "rating_field": "rating",
     "time_field": "timestamp",
     "title_fields": ["movie_title", "title", "name"],  # the first present one is the title
-    "text_fields": ["movie_title", "title", "name", "description"],  # all present ones, joined
+    "text_fields": ["movie_title", "title", "name", "description", "text"],  # all present ones, joined
     "category_fields": ["class", "genre", "genres", "categories", "category"],  # labels, in this order
     "brand_fields": ["brand"],
     "synthetic_start": "2000-01-01",
@@ -265,12 +271,14 @@ def recbole_items(
 
 
 def detect_interaction_format(source: RawSource, cfg: dict[str, Any], text: str | None = None) -> str:
-    """The forced format, else ``recbole`` for ``*.inter`` (or ``*.inter.gz``), else from the text: a line
+    """The forced format, else ``recbole`` for ``*.inter`` (or ``*.inter.gz``; ``recbole_split`` for the
+    pre-split benchmark files), else from the text: a line
     with more than two fields makes it ``user_sequence`` (line per user), otherwise ``user_item``."""
     if cfg["format"] != "auto":
         return cfg["format"]
     if _is_inter(source):
-        return "recbole"
+        header = _read_text(source).partition("\n")[0] if text is None else text.partition("\n")[0]
+        return "recbole_split" if is_benchmark_split(source, header, cfg["field_separator"]) else "recbole"
     text = _read_text(source) if text is None else text
     return "user_sequence" if any(len(line.split()) > 2 for line in text.splitlines()) else "user_item"
 
@@ -285,6 +293,44 @@ def _sibling(source: RawSource, suffix: str) -> RawSource:
     return RawSource(str(path.with_name(stem + suffix)), source.protocol, source.storage_options)
 
 
+def _item_file(source: RawSource, fmt: str) -> RawSource | None:
+    """The item file next to an ``.inter`` file: ``<stem>.item``, and for the split files ``<name>.text``."""
+    if fmt == "recbole_split":
+        candidates = (sibling(source, ".item"), sibling(source, ".text"))
+    else:
+        candidates = (_sibling(source, ".item"),)
+    return next((c for c in candidates if c.exists()), None)
+
+
+def _item_table(source: RawSource, cfg: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str]]:
+    return read_atomic(_read_text(source), cfg["field_separator"])
+
+
+def read_item_file(
+    source: RawSource, params: dict[str, Any] | None, item_ids: list[str] | None = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``items`` from a RecBole atomic item file (``.item``, or the benchmark ``.text``: ``item_id text``),
+    restricted to ``item_ids`` when given (items without a row get empty fields), and a report."""
+    cfg = _settings(params)
+    frame, fields = _item_table(source, cfg)
+    items = recbole_items(list(item_ids or []), frame, fields, cfg)
+    if item_ids is not None:
+        items = items[items["item_id"].isin(set(item_ids))].reset_index(drop=True)
+    report = {
+        "format": "recbole_item",
+        "file": source.name,
+        "fields": fields,
+        "records": len(frame),
+        "kept": len(items),
+        "items_with": {
+            "title": int((items["title"] != "").sum()),
+            "text": int((items["text"] != "").sum()),
+            "categories": int(items["categories"].map(len).gt(0).sum()),
+        },
+    }
+    return items, report
+
+
 def _attributes_sibling(source: RawSource, suffix: str) -> RawSource:
     """``<name><suffix>`` next to ``<name>.<ext>`` (the name up to its first dot: Beauty.txt.gz -> Beauty)."""
     path = PurePosixPath(source.path)
@@ -293,64 +339,108 @@ def _attributes_sibling(source: RawSource, suffix: str) -> RawSource:
     )
 
 
+def _index_map(source: RawSource, suffix: str) -> dict[str, str] | None:
+    """``<name><suffix>`` (``.item2index``, ``.user2index``) as index -> raw id, or None when absent."""
+    path = sibling(source, suffix)
+    return read_index(_read_text(path), path.name) if path.exists() else None
+
+
+def read_split_files(source: RawSource, cfg: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The pre-split benchmark files next to ``source`` as ``interactions`` with a ``split`` column."""
+    files = split_files(source)
+    absent = [f.name for f in files.values() if not f.exists()]
+    if absent:
+        raise FileNotFoundError(f"benchmark split: {absent} not found next to {source.name}")
+    texts = {s: (f.name, _read_text(f)) for s, f in files.items()}
+    items, users = _index_map(source, ".item2index"), _index_map(source, ".user2index")
+    interactions, report = benchmark_interactions(texts, items, users, cfg)
+    stamps = synthetic_timestamps(len(interactions), cfg["synthetic_start"], cfg["synthetic_step_s"])
+    interactions.insert(3, "timestamp", stamps)
+    return interactions, report
+
+
+def _read_interactions(
+    source: RawSource, cfg: dict[str, Any]
+) -> tuple[str, pd.DataFrame, bool, RawSource | None, dict[str, Any]]:
+    """Format, ``interactions``, whether timestamps are synthetic, the item file and format details."""
+    text = None if _is_inter(source) and cfg["format"] == "auto" else _read_text(source)
+    fmt = detect_interaction_format(source, cfg, text)
+    if fmt == "recbole_split":
+        interactions, details = read_split_files(source, cfg)
+        return fmt, interactions, True, _item_file(source, fmt), {"split": details}
+    if fmt == "recbole":
+        frame, fields = read_atomic(text or _read_text(source), cfg["field_separator"])
+        synthetic = cfg["time_field"] not in fields
+        return fmt, recbole_interactions(frame, fields, cfg), synthetic, _item_file(source, fmt), {}
+    if fmt == "user_item":
+        return fmt, user_item_interactions(text, cfg), True, None, {}
+    interactions, lines = user_sequence_interactions(text, cfg)
+    return fmt, interactions, True, None, {"lines": lines}
+
+
+def _apply_window(
+    interactions: pd.DataFrame, date_window: dict[str, Any] | None, synthetic: bool, start: str
+) -> pd.DataFrame:
+    """Rows inside the date window; synthesised timestamps are never windowed (a warning says so)."""
+    lo, hi = window_bounds(date_window)
+    if lo is None and hi is None:
+        return interactions
+    if synthetic:
+        logger.warning("timestamps are synthesised (from %s): date_window is not applied", start)
+        return interactions
+    ns = pd.DatetimeIndex(interactions["timestamp"]).as_unit("ns").asi8
+    keep = np.ones(len(ns), dtype=bool)
+    if lo is not None:
+        keep &= ns >= lo
+    if hi is not None:
+        keep &= ns < hi
+    return interactions[keep].reset_index(drop=True)
+
+
+def _with_attributes(
+    items: pd.DataFrame, source: RawSource, suffix: str
+) -> tuple[pd.DataFrame, str | None, int]:
+    """``items`` with the sibling ``item2attributes`` ids as categories, when that file exists."""
+    attributes_source = _attributes_sibling(source, suffix)
+    if not attributes_source.exists():
+        return items, None, 0
+    attributes = read_attributes(attributes_source)
+    unused = len(set(attributes) - set(items["item_id"]))
+    logger.info(
+        "%s: attribute ids of %d items become their categories (%d items not in the interactions)",
+        attributes_source.name, len(attributes) - unused, unused,
+    )  # fmt: skip
+    return add_attributes(items, attributes), attributes_source.name, unused
+
+
 def ingest_interaction_files(
     raw_interactions: RawSource, params: dict[str, Any] | None, date_window: dict[str, Any] | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Read a RecBole ``.inter`` (+ its ``.item``), a ``user item`` or a line-per-user file (+ a sibling
-    ``<name>_item2attributes.json``) into ``interactions`` and ``items``.
+    """Read a RecBole ``.inter`` (+ its ``.item``), the pre-split benchmark files (+ ``.text``), a
+    ``user item`` or a line-per-user file (+ a sibling ``<name>_item2attributes.json``) into ``interactions``
+    and ``items``.
 
     Rows outside the inclusive ``date_window`` are dropped when the timestamps are real (synthesised ones are
     never windowed: set ``date_window`` to nulls for such data). Returns the tables and a report.
     """
     cfg = _settings(params)
-    text = None if _is_inter(raw_interactions) and cfg["format"] == "auto" else _read_text(raw_interactions)
-    fmt = detect_interaction_format(raw_interactions, cfg, text)
-    item_file = None
-    lines: dict[str, Any] = {}
-    if fmt == "recbole":
-        frame, fields = read_atomic(text or _read_text(raw_interactions), cfg["field_separator"])
-        interactions = recbole_interactions(frame, fields, cfg)
-        synthetic = cfg["time_field"] not in fields
-        item_source = next((s for s in (_sibling(raw_interactions, ".item"),) if s.exists()), None)
-        item_frame, item_fields = (None, {})
-        if item_source is not None:
-            item_file = item_source.name
-            item_frame, item_fields = read_atomic(_read_text(item_source), cfg["field_separator"])
-    elif fmt == "user_item":
-        interactions = user_item_interactions(text, cfg)
-        synthetic, item_frame, item_fields = True, None, {}
-    else:
-        interactions, lines = user_sequence_interactions(text, cfg)
-        synthetic, item_frame, item_fields = True, None, {}
+    fmt, interactions, synthetic, item_source, details = _read_interactions(raw_interactions, cfg)
     read = len(interactions)
-    lo, hi = window_bounds(date_window)
-    if synthetic and (lo is not None or hi is not None):
-        logger.warning(
-            "timestamps are synthesised (from %s): date_window is not applied", cfg["synthetic_start"]
-        )
-    elif lo is not None or hi is not None:
-        ns = pd.DatetimeIndex(interactions["timestamp"]).as_unit("ns").asi8
-        keep = np.ones(len(ns), dtype=bool)
-        if lo is not None:
-            keep &= ns >= lo
-        if hi is not None:
-            keep &= ns < hi
-        interactions = interactions[keep].reset_index(drop=True)
-    items = recbole_items(list(dict.fromkeys(interactions["item_id"])), item_frame, item_fields, cfg)
-    attributes_source = _attributes_sibling(raw_interactions, cfg["attributes_suffix"])
-    attributes_file, attributes_unused = None, 0
-    if attributes_source.exists():
-        attributes = read_attributes(attributes_source)
-        items = add_attributes(items, attributes)
-        attributes_file = attributes_source.name
-        attributes_unused = len(set(attributes) - set(items["item_id"]))
-        logger.info(
-            "%s: attribute ids of %d items become their categories (%d items not in the interactions)",
-            attributes_file, len(attributes) - attributes_unused, attributes_unused,
-        )  # fmt: skip
+    interactions = _apply_window(interactions, date_window, synthetic, cfg["synthetic_start"])
+    item_ids = list(dict.fromkeys(interactions["item_id"]))
+    frame, fields = (None, {}) if item_source is None else _item_table(item_source, cfg)
+    items = recbole_items(item_ids, frame, fields, cfg)
+    items, attributes_file, attributes_unused = _with_attributes(
+        items, raw_interactions, cfg["attributes_suffix"]
+    )
+    lines = details.get("lines") or {}
     report = {
         "format": fmt,
-        "files": {"interactions": raw_interactions.name, "items": item_file, "attributes": attributes_file},
+        "files": {
+            "interactions": raw_interactions.name,
+            "items": item_source.name if item_source else None,
+            "attributes": attributes_file,
+        },
         "synthetic_timestamps": synthetic,
         "summary": {
             "interactions_read": read,
@@ -368,10 +458,13 @@ def ingest_interaction_files(
     }
     if lines:
         report["first_malformed_lines"] = lines["first_malformed"]
+    if "split" in details:
+        report["split"] = details["split"]
     if attributes_file:
         report["summary"]["attribute_items_not_in_interactions"] = attributes_unused
     logger.info(
         "interaction-only input (%s): %d interactions, %d users, %d items, item file %s",
-        fmt, len(interactions), report["summary"]["users"], report["summary"]["items"], item_file,
+        fmt, len(interactions), report["summary"]["users"], report["summary"]["items"],
+        report["files"]["items"],
     )  # fmt: skip
     return interactions, items, report

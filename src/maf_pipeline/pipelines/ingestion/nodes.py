@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "invalid_utf8": "replace",
     "timestamp_unit": None,
     "metadata": {"upgrade_thumbnails": True, "main_category_fallback": False, "include_features": False},
+    "interaction_only": {},
 }
 
 
@@ -51,9 +52,16 @@ def ingest_reviews(
     """Stream a reviews file into ``interactions`` (user_id, item_id, rating float32, timestamp UTC).
 
     Rows keep file order; rows outside the inclusive ``date_window`` are dropped while reading. Returns the
-    table and the file's report.
+    table and the file's report. A RecBole ``.inter`` file (the pre-split benchmark files included) is read
+    by the interaction-only reader with ``ingestion.interaction_only``, so an environment can point
+    ``raw_reviews`` at one and run the usual pipelines.
     """
     cfg = _settings(params)
+    if is_atomic_file(raw_reviews, ".inter"):
+        from .interaction_formats import ingest_interaction_files
+
+        interactions, _, report = ingest_interaction_files(raw_reviews, cfg["interaction_only"], date_window)
+        return interactions, report
     lo, hi = window_bounds(date_window)
     stats = ParseStats(max_examples=cfg["first_bad_lines"])
     tables: list[pa.Table] = []
@@ -95,9 +103,15 @@ def ingest_metadata(
     memory and time follow the reviewed items, not the dump, of which most items are never reviewed in the
     window); ``None`` keeps every item. One row per item: an asin on several lines keeps its most complete
     record (most non-empty fields, then the first line). Text fields lose their HTML, categories are a
-    cleaned label path, image URLs full size.
+    cleaned label path, image URLs full size. A RecBole item file (``.item``, or the benchmark ``.text``:
+    ``item_id:token  text:token_seq``) is read by the interaction-only reader's item parser instead.
     """
     cfg = _settings(params)
+    if is_atomic_file(raw_metadata, ".item", ".text"):
+        from .interaction_formats import read_item_file
+
+        wanted_ids = None if interactions is None else sorted(reviewed_item_ids(interactions))
+        return read_item_file(raw_metadata, cfg["interaction_only"], wanted_ids)
     meta_cfg = {**DEFAULTS["metadata"], **(cfg.get("metadata") or {})}
     wanted = None if interactions is None else reviewed_item_ids(interactions)
     stats = ParseStats(max_examples=cfg["first_bad_lines"])
@@ -140,6 +154,12 @@ def ingest_metadata(
     )
     # self_destruct: each Arrow column is freed once converted (a peak of one copy, not two)
     return items.to_pandas(self_destruct=True, split_blocks=True), report
+
+
+def is_atomic_file(source: RawSource, *suffixes: str) -> bool:
+    """Whether the file name ends in one of ``suffixes`` (optionally followed by ``.gz``)."""
+    name = source.name.removesuffix(".gz")
+    return name.endswith(suffixes)
 
 
 def reviewed_item_ids(interactions: pd.DataFrame) -> frozenset[str]:

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 logger = logging.getLogger(__name__)
 
 INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
+OPTIONAL_COLUMNS = ["split"]  # a fixed split given by the input (benchmark files), kept for the sequences
 MODALITIES = ("image", "text", "category")
 DEDUP_KEEP = ("first", "last", "all")
 
@@ -73,13 +74,15 @@ def _stage_report(
 
 
 def _conform(interactions: pd.DataFrame) -> pd.DataFrame:
-    """The contract columns with the contract dtypes (naive timestamps are taken to be UTC)."""
+    """The contract columns with the contract dtypes (naive timestamps are taken to be UTC), and a given
+    ``split`` column when the input has one."""
     missing = [c for c in INTERACTION_COLUMNS if c not in interactions.columns]
     if missing:
         raise ValueError(
             f"interactions lack the contract columns {missing}; got {list(interactions.columns)}"
         )
-    df = interactions[INTERACTION_COLUMNS].reset_index(drop=True)
+    optional = [c for c in OPTIONAL_COLUMNS if c in interactions.columns]
+    df = interactions[INTERACTION_COLUMNS + optional].reset_index(drop=True)
     ts = df["timestamp"]
     if not isinstance(ts.dtype, pd.DatetimeTZDtype):
         ts = pd.to_datetime(ts)
@@ -270,12 +273,15 @@ def filter_multimodal_completeness(
     items: pd.DataFrame,
     image_availability: pd.DataFrame,
     required_modalities: list[str],
+    text_embeddings: Any = None,
+    text_source: str = "encoder",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Drop interactions of items lacking any modality the run uses (the paper keeps items with all three).
 
-    image: ``image_availability.has_image`` (absent = no image); text: non-blank ``items.text``; category: at
-    least one non-blank label in ``items.categories``. Items missing from ``items`` are always dropped and
-    counted separately.
+    image: ``image_availability.has_image`` (absent = no image; with precomputed image vectors, a vector);
+    text: non-blank ``items.text``, or a vector in ``text_embeddings`` when ``text_source`` is ``file``;
+    category: at least one non-blank label in ``items.categories``. Items missing from ``items`` are always
+    dropped and counted separately.
     """
     required = list(required_modalities or [])
     unknown = sorted(set(required) - set(MODALITIES))
@@ -295,6 +301,10 @@ def filter_multimodal_completeness(
     for modality in required:
         if modality == "image":
             has = isin(ids, image_availability.loc[image_availability["has_image"].astype(bool), "item_id"])
+        elif modality == "text" and text_source == "file":
+            if text_embeddings is None:
+                raise ValueError("features.text_encoder.source is 'file' but text_embeddings has no filepath")
+            has = isin(ids, text_embeddings.ids)
         elif modality == "text":
             has = _non_blank(pa.array(items["text"], pa.string(), from_pandas=True))
         else:

@@ -49,6 +49,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "items",
                     "image_candidates",
                     "params:preprocessing.required_modalities",
+                    "text_embeddings",
+                    "params:features.text_encoder.source",
                 ],
                 outputs=["complete_interactions", "stage_counts_completeness"],
                 name="filter_multimodal_completeness",

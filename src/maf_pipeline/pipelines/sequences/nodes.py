@@ -4,6 +4,10 @@ Ids: ``item_idx`` 1..N in ascending ``item_id`` (string) order, 0 is padding; ``
 ``user_id`` order, so the maps depend only on which ids survive preprocessing, not on row order.
 Order inside a user: ascending timestamp, ties broken by the row order of ``kcore_interactions`` (which keeps
 the raw file order), i.e. a stable sort.
+
+A ``split`` column (train, valid, test; the pre-split benchmark files give one) is honoured instead of the
+leave-one-out rule: training holds only the user's ``train`` rows, and the validation and test targets are
+the user's ``valid`` and ``test`` rows, with the items before each as history.
 """
 
 from __future__ import annotations
@@ -47,6 +51,22 @@ def _lookup(ids: pd.Series, index: pd.DataFrame, id_col: str, idx_col: str) -> n
     return index[idx_col].to_numpy(dtype=np.int64)[codes]
 
 
+def _given_split(df: pd.DataFrame, order: np.ndarray) -> np.ndarray | None:
+    """The input's ``split`` labels in sequence order (0 train, 1 valid, 2 test), or None without one."""
+    if "split" not in df.columns:
+        return None
+    codes = pd.Categorical(df["split"].astype(str), categories=["train", "valid", "test"]).codes
+    if (codes < 0).any():
+        raise ValueError(f"split values must be train, valid or test; got {sorted(set(df['split']))}")
+    logger.info("sequences: the input's split column is kept (train / valid / test rows as given)")
+    return codes[order]
+
+
+def _follows_split(labels: np.ndarray) -> bool:
+    """A user's labels in time order are train rows, then one valid row, then one test row."""
+    return len(labels) >= 3 and labels[-2] == 1 and labels[-1] == 2 and not (labels[:-2] != 0).any()
+
+
 def build_sequences(
     kcore_interactions: pd.DataFrame,
     item_index: pd.DataFrame,
@@ -75,11 +95,15 @@ def build_sequences(
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     ends = np.r_[starts[1:], len(users)]
 
+    given = _given_split(df, order)
     train_users, train_items = [], []
     eval_users, valid_hist, valid_tgt, test_hist, test_tgt = [], [], [], [], []
     n_short = 0
     for s, e in tqdm(zip(starts, ends, strict=True), total=len(starts), desc="sequences", disable=None):
         user, seq = int(users[s]), items[s:e]
+        if given is not None and not _follows_split(given[s:e]):
+            n_short += 1
+            continue
         if len(seq) < 3:
             n_short += 1
             if short_users == "train_only":
@@ -97,7 +121,12 @@ def build_sequences(
         raise ValueError(
             "No user has the 3 interactions a leave-one-out split needs; check the preprocessing k"
         )
-    if n_short:
+    if n_short and given is not None:
+        logger.warning(
+            "%d users do not end with exactly one valid then one test row (a filter removed some): dropped",
+            n_short,
+        )
+    elif n_short:
         logger.warning("%d users with fewer than 3 interactions: %s", n_short, short_users)
 
     def frame(user_col: list[int], **cols: object) -> pd.DataFrame:
