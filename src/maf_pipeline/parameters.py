@@ -385,6 +385,30 @@ class Compare(Block):
     grid: Grid = Grid()
 
 
+# ----------------------------------------------------------------------- tune
+class Pruner(Block):
+    type: Literal["median", "percentile", "none"] = "median"
+    n_startup_trials: NonNegativeInt = 5
+    n_warmup_steps: NonNegativeInt = 5
+    interval_steps: PositiveInt = 1
+    percentile: Annotated[float, Field(gt=0, lt=100)] | None = None
+
+
+class Tune(Block):
+    model: str = "maf"
+    study_name: str = "maf"
+    metric: Metric | None = None
+    n_trials: PositiveInt = 30
+    timeout_s: PositiveFloat | None = None
+    seeds: list[int] | None = None
+    n_startup_trials: NonNegativeInt = 10
+    pruner: Pruner = Pruner()
+    training: dict[str, Any] = {}
+    mlflow: bool = True
+    enqueue: list[dict[str, Any]] = []
+    space: dict[str, dict[str, Any]] = {}
+
+
 #: Top-level blocks and their schema; a model block (``<name>: {model: {...}}``) is checked per architecture.
 BLOCKS: dict[str, Any] = {
     "seed": Annotated[int, Field(ge=0)],
@@ -399,6 +423,7 @@ BLOCKS: dict[str, Any] = {
     "recommend": Recommend,
     "serving": Serving,
     "compare": Compare,
+    "tune": Tune,
 }
 
 
@@ -417,6 +442,7 @@ class Parameters(Block):
     recommend: Recommend = Recommend()
     serving: Serving = Serving()
     compare: Compare = Compare()
+    tune: Tune = Tune()
 
 
 def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:

@@ -12,7 +12,7 @@ from kedro.runner import SequentialRunner
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
-from maf_pipeline.datasets import SafetensorsDataset
+from maf_pipeline.datasets import EmbeddingFileDataset, SafetensorsDataset
 from maf_pipeline.pipelines.features import create_pipeline
 from maf_pipeline.pipelines.features.stores import FeatureCacheDataset, ImageFolderDataset
 
@@ -60,6 +60,8 @@ def test_wiring_follows_the_data_contract():
         "item_index",
         "filtered_items",
         "feature_cache",
+        "image_embeddings",  # precomputed vectors, used when a modality's source is `file`
+        "text_embeddings",
     }
 
 
@@ -80,6 +82,9 @@ def _catalog(tmp: Path, item_ids: list[str], params: dict) -> DataCatalog:
         "category_vocabulary": JSONDataset(filepath=str(tmp / "category_vocabulary.json")),
         "features_manifest": JSONDataset(filepath=str(tmp / "features_manifest.json")),
         "params:seed": MemoryDataset(42),
+        "image_embeddings": EmbeddingFileDataset(None),
+        "text_embeddings": EmbeddingFileDataset(None),
+        "params:features.images.source": MemoryDataset(params["images"]["source"]),
     }
     for name in ("image", "text", "category"):
         datasets[f"{name}_features"] = SafetensorsDataset(str(tmp / f"{name}_features.safetensors"))

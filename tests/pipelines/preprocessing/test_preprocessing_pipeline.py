@@ -19,7 +19,7 @@ from maf_pipeline.pipelines import preprocessing, sequences
 
 ROOT = Path(__file__).resolve().parents[3]
 # image candidates and verified images come from the features pipeline (list_image_candidates, acquire_images)
-PIPELINE_INPUTS = {"interactions", "items", "image_candidates", "image_availability"}
+PIPELINE_INPUTS = {"interactions", "items", "image_candidates", "image_availability", "text_embeddings"}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,9 @@ def make_catalog(
             }
             continue
         entry = dict(catalog_conf[name])
+        if entry["filepath"] is None:  # an optional input without a file (text_embeddings): loads None
+            entries[name] = entry
+            continue
         assert entry["filepath"].startswith("data/"), entry
         entry["filepath"] = str(tmp_path / entry["filepath"])
         entries[name] = entry

@@ -285,8 +285,12 @@ def fit(
     checkpoint_path: Path | None,
     device: torch.device,
     on_epoch_end: Callable[[int], None] | None = None,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """Adam with early stopping on the validation metric; resumes from ``checkpoint_path`` when it exists.
+
+    ``on_validation(epoch, metrics)`` sees every epoch's validation metrics after the checkpoint is written (a
+    tuner reports them and may raise to prune the run); ``on_epoch_end(epoch)`` is called last.
 
     Batch order of epoch e comes from ``seed + e`` and the RNG states are checkpointed (every
     ``checkpoint_every`` epochs), so a run resumed after a kill ends with exactly the weights of an
@@ -412,6 +416,8 @@ def fit(
             last_saved = epoch
             if every in (None, "auto"):  # from the measured cost: saving < 5% of the time
                 interval = checkpoint_interval("auto", time.perf_counter() - saved, secs)
+        if on_validation is not None:
+            on_validation(epoch, valid)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     model.load_state_dict(best_state)
@@ -463,6 +469,7 @@ def train_model(
     max_len: int,
     seed: int,
     on_epoch_end: Callable[[int], None] | None = None,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the architecture named in ``model_params["architecture"]`` and return its artifact and history.
 
@@ -513,8 +520,9 @@ def train_model(
     folder, wait_s = (ckpt.parent if ckpt and rank == 0 else None), training_params.get("lock_wait_s", 0)
     with folder_lock(folder, wait_s, "training checkpoint folder", "training.lock_wait_s"):
         history = fit(
-            model, inputs, targets, valid_h, valid_t, training_params, seed, ckpt, device, on_epoch_end
-        )
+            model, inputs, targets, valid_h, valid_t, training_params, seed, ckpt, device, on_epoch_end,
+            on_validation,
+        )  # fmt: skip
         if ckpt is not None and rank == 0 and not training_params.get("keep_checkpoint", False):
             shutil.rmtree(ckpt.parent, ignore_errors=True)
     history.update(
