@@ -167,9 +167,52 @@ def prepare(data: Path, params: dict[str, Any], max_len: int) -> dict[str, Any]:
     }
 
 
-def table(summary: pd.DataFrame, labels: list[str], published: pd.DataFrame, info: dict[str, str]) -> str:
+MODEL_INPUTS = (
+    "train_sequences", "valid_sequences", "test_sequences", "item_index",
+    "image_features", "text_features", "category_features",
+)  # fmt: skip
+
+
+def environment(env: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """A Kedro environment's parameters, its model inputs from its catalog (run its data and features first:
+    ``kedro run --env=<env> --to-outputs=test_sequences,image_features,text_features,category_features``) and
+    the README beside its raw files (the published rows)."""
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(REPO)
+    with KedroSession.create(project_path=REPO, env=env) as session:
+        context = session.load_context()
+        data = {name: context.catalog.load(name) for name in MODEL_INPUTS}
+        raw = Path(context.config_loader["catalog"]["raw_reviews"]["filepath"])
+        return context.params, data, (REPO / raw).resolve().parent / "README.md"
+
+
+def borrow_features(data: dict[str, Any], spec: str) -> None:
+    """``modality=env``: that modality's table from another environment, re-indexed by item id (e.g. the
+    MiniLM text of ``scientific`` for the items of ``scientific_mm``); items it lacks get zero rows."""
+    modality, _, env = spec.partition("=")
+    _, other, _ = environment(env)
+    table = other[f"{modality}_features"]["features"]
+    row = dict(zip(other["item_index"]["item_id"], other["item_index"]["item_idx"], strict=True))
+    ids = data["item_index"].sort_values("item_idx")["item_id"]
+    out = torch.zeros(len(ids) + 1, table.shape[1], dtype=table.dtype)
+    found = [(i, row[item]) for i, item in enumerate(ids, start=1) if item in row]
+    out[[i for i, _ in found]] = table[[j for _, j in found]]
+    logger.info("%s features from env %s: %d of %d items", modality, env, len(found), len(ids))
+    meta = {**other[f"{modality}_features"].get("__metadata__", {}), "borrowed_from": env}
+    data[f"{modality}_features"] = {"features": out, "__metadata__": meta}
+
+
+def table(
+    summary: pd.DataFrame,
+    labels: list[str],
+    published: pd.DataFrame,
+    info: dict[str, str],
+    metrics: list[str],
+) -> str:
     """Markdown: this project's rows (mean ± std over seeds) and the published rows below them."""
-    cols = ["model", *[metric_label(m) for m in METRICS], "seeds", "best epochs", "min/run"]
+    cols = ["model", *[metric_label(m) for m in metrics], "seeds", "best epochs", "min/run"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for label in labels:
         sub = summary[summary["column"] == label].set_index("metric")
@@ -177,11 +220,11 @@ def table(summary: pd.DataFrame, labels: list[str], published: pd.DataFrame, inf
             continue
         cells = [
             f"{sub.loc[m, 'mean']:.4f}" + (f" ± {sub.loc[m, 'std']:.4f}" if sub.loc[m, "n"] > 1 else "")
-            for m in METRICS
+            for m in metrics
         ]
         lines.append("| " + " | ".join([label, *cells, *info[label].split("|")]) + " |")
     for row in published.to_dict("records"):
-        cells = [f"{row[m]:.4f}" if m in row and pd.notna(row[m]) else "-" for m in METRICS]
+        cells = [f"{row[m]:.4f}" if m in row and pd.notna(row[m]) else "-" for m in metrics]
         lines.append("| " + " | ".join([f"published: {row['model']}", *cells, "-", "-", "-"]) + " |")
     return "\n".join(lines)
 
@@ -200,15 +243,56 @@ def run_info(runs: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
     return labels, info
 
 
-def print_tables(runs: pd.DataFrame, published: pd.DataFrame) -> None:
+def print_tables(runs: pd.DataFrame, published: pd.DataFrame, metrics: list[str] = METRICS) -> None:
     """Test and validation tables for both protocols; the published rows beside the protocol they use."""
     labels, info = run_info(runs)
     for split in ("test", "valid"):
-        summary = summarise(runs, labels, METRICS, split=split)
+        summary = summarise(runs, labels, metrics, split=split)
         for protocol, title in PROTOCOLS.items():
             print(f"\n{split}, {title}:")
             rows = published if split == "test" and protocol == "full_unseen" else published.iloc[:0]
-            print(table(summary[summary["protocol"] == protocol], labels, rows, info))
+            print(table(summary[summary["protocol"] == protocol], labels, rows, info, metrics))
+
+
+def setup(args: argparse.Namespace) -> tuple[dict, dict, dict, dict, list[str], Path]:
+    """Parameters, model inputs, training settings, model blocks, metrics and the published rows' README: of
+    Beauty (the issue's settings) or of a Kedro environment (its own, ``--lr``/``--patience`` on top)."""
+    sets, cli = parse_assignments(args.set), {"num_threads": args.threads or None}
+    if args.env:
+        params, data, readme = environment(args.env)
+        for spec in args.features:
+            borrow_features(data, spec)
+        blocks = {
+            name: deep_merge(params[name]["model"], sets.get(name)) for name in ALL_MODELS.split(",")[1:]
+        }
+        blocks["caser"] = deep_merge(params["caser"]["model"], sets.get("caser"))
+        args.max_len = int(params["sequences"]["max_len"])
+        args.out = args.out or REPO / "data" / args.env / "08_reporting" / "bench_public"
+        cli["checkpoint_dir"] = str(REPO / "data" / args.env / "06_models" / "checkpoints")
+        stop = {"patience": args.patience} if args.patience is not None else {}
+        training = deep_merge(params["training"], {**cli, "early_stopping": stop})
+        if args.lr is not None:
+            training["learning_rate"] = args.lr
+        metrics = list(params["compare"]["metrics"])
+    else:
+        params, readme = project_parameters(), args.data.parent / "README.md"
+        data = prepare(args.data, params, args.max_len)
+        args.lr = 1e-3 if args.lr is None else args.lr
+        args.patience = 10 if args.patience is None else args.patience
+        args.out = args.out or REPO / "data" / "08_reporting" / "bench_public"
+        blocks, metrics = model_blocks(params, args, sets), METRICS
+        training = deep_merge(
+            params["training"],
+            {
+                **cli,
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "learning_rate": args.lr,
+                "early_stopping": {"metric": "ndcg@20", "patience": args.patience},
+                "checkpoint_dir": str(REPO / "data" / "06_models" / "checkpoints"),
+            },
+        )
+    return params, data, deep_merge(training, parse_assignments(args.train)), blocks, metrics, readme
 
 
 def main() -> None:
@@ -220,13 +304,13 @@ def main() -> None:
     parser.add_argument("--models", default=ALL_MODELS, help="comma-separated (default: %(default)s)")
     parser.add_argument("--seeds", default="42,43,44")
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--patience", type=int, default=None, help="default 10 (Beauty) or the env's")
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=None, help="default 1e-3 (Beauty) or the env's")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
     parser.add_argument(
         "--set", action="append", default=[], help="model.key=value override, e.g. maf.d_mm=16"
@@ -243,7 +327,18 @@ def main() -> None:
     )
     parser.add_argument("--grid-seeds", default="42", help="seeds per grid point")
     parser.add_argument("--label", default="", help="suffix of the row labels and output files")
-    parser.add_argument("--out", type=Path, default=REPO / "data" / "08_reporting" / "bench_public")
+    parser.add_argument(
+        "--env",
+        default=None,
+        help="a Kedro environment (scientific, scientific_mm): its sequences, features, model blocks, "
+        "training and metrics instead of Beauty; run its data and features first",
+    )
+    parser.add_argument(
+        "--features", action="append", default=[], help="modality=env: that table from another env"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default data[/<env>]/08_reporting/bench_public"
+    )
     parser.add_argument(
         "--from-runs",
         nargs="+",
@@ -255,33 +350,21 @@ def main() -> None:
     if args.from_runs:
         runs = pd.concat([pd.read_csv(path) for path in args.from_runs], ignore_index=True)
         runs = runs.drop_duplicates(["variant", "seed", "protocol", "split", "metric"])  # Pop in several
-        print(f"{args.data.name}: runs from {', '.join(p.name for p in args.from_runs)}")
-        print_tables(runs, published_rows(args.data.parent / "README.md"))
+        readme = environment(args.env)[2] if args.env else args.data.parent / "README.md"
+        metrics = environment(args.env)[0]["compare"]["metrics"] if args.env else METRICS
+        print(f"{args.env or args.data.name}: runs from {', '.join(p.name for p in args.from_runs)}")
+        print_tables(runs, published_rows(readme), metrics)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    params = project_parameters()
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
-    data = prepare(args.data, params, args.max_len)
-    training = deep_merge(
-        params["training"],
-        {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "learning_rate": args.lr,
-            "early_stopping": {"metric": "ndcg@20", "patience": args.patience},
-            "num_threads": args.threads or None,
-            "checkpoint_dir": str(REPO / "data" / "06_models" / "checkpoints"),
-        },
-    )
-    training = deep_merge(training, parse_assignments(args.train))
+    params, data, training, blocks, metrics, readme = setup(args)
     evaluation = {**params["evaluation"], "protocol": "full"}
     compare = {"models": models, "seeds": seeds, "protocols": ["full"], "training": {}, "evaluation": {}}
     ctx = BenchContext(data, compare, training, evaluation, args.max_len, params["seed"])
-    blocks = model_blocks(params, args, parse_assignments(args.set))
     suffix = f" ({args.label})" if args.label else ""
     grid_report = ""
     args.out.mkdir(parents=True, exist_ok=True)
@@ -324,13 +407,14 @@ def main() -> None:
             save()
             logger.info("%s seed %d done in %.1f min", label, seed, (time.perf_counter() - t0) / 60)
     runs = save()
+    name = f"env {args.env}" if args.env else args.data.name
     print(
-        f"\n{args.data.name}: leave-one-out, {ctx.num_items} items, {len(data['test_sequences'])} users, "
-        f"d={args.d}, {args.layers} layers, {args.heads} heads, max_len {args.max_len}, lr {args.lr}, "
-        f"batch {args.batch_size}, patience {args.patience}, seeds {seeds}, training overrides {args.train}, "
-        f"model overrides {args.set}"
+        f"\n{name}: {ctx.num_items} items, {len(data['test_sequences'])} users, max_len {args.max_len}, "
+        f"lr {training['learning_rate']}, batch {training['batch_size']}, early stopping "
+        f"{training['early_stopping']}, seeds {seeds}, training overrides {args.train}, model overrides "
+        f"{args.set}, features {args.features}, blocks { {m: blocks[m] for m in models if m in blocks} }"
     )
-    print_tables(runs, published_rows(args.data.parent / "README.md"))
+    print_tables(runs, published_rows(readme), metrics)
     if grid_report:
         print("\n" + grid_report)
     print(f"total {(time.perf_counter() - started) / 60:.1f} min; runs and histories in {args.out}")

@@ -407,6 +407,7 @@ class Tune(Block):
     mlflow: bool = True
     enqueue: list[dict[str, Any]] = []
     space: dict[str, dict[str, Any]] = {}
+    model_space: dict[str, dict[str, dict[str, Any]]] = {}
 
 
 #: Top-level blocks and their schema; a model block (``<name>: {model: {...}}``) is checked per architecture.

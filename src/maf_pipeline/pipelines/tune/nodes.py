@@ -1,7 +1,8 @@
 """Tune nodes: an Optuna study over one model's parameters, chosen on the validation metric only.
 
 Each trial trains ``tune.model`` (its ``params:<model>.model`` block and ``params:training``, with the trial's
-values of ``tune.space`` set on top) once per ``tune.seeds`` seed through the training node's ``train_model``;
+values of ``tune.space`` and ``tune.model_space.<model>`` set on top) once per ``tune.seeds`` seed through the
+training node's ``train_model``;
 its value is the mean over seeds of the best-epoch validation metric (the same number early stopping keeps).
 The first seed reports every epoch's validation value, so the pruner stops trials whose curve falls behind
 (Optuna's median rule by default). The study lives in an SQLite file (``tune_study_storage``): finished trials
@@ -96,7 +97,9 @@ def _settings(parameters: dict[str, Any]) -> dict[str, Any]:
         "seeds": seeds,
         "blocks": blocks,
         "max_len": parameters["sequences"]["max_len"],
-        "space": _parse_space(tune.get("space") or {}, blocks),
+        "space": _parse_space(
+            {**(tune.get("space") or {}), **(tune.get("model_space") or {}).get(name, {})}, blocks
+        ),
         "seed": int(parameters["seed"]),
     }
 
