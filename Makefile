@@ -10,8 +10,9 @@ export KEDRO_DISABLE_TELEMETRY := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export KEDRO_LOGGING_CONFIG := $(CURDIR)/conf/logging.yml
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install run test lint viz mlflow-ui sample
+.PHONY: install run test lint viz mlflow-ui sample docs docs-build
 
 $(STAMP): pyproject.toml requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+
+# The documentation site (docs/, mkdocs.yml): served on http://127.0.0.1:8000; docs-build is CI's strict build
+docs: $(STAMP)
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+docs-build: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 viz: $(STAMP)
 	$(BIN)/kedro viz build
