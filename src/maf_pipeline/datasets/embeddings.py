@@ -65,7 +65,8 @@ def _format(path: str, declared: str) -> str:
 
 
 def read_index_rows(text: str, name: str, base: int = 0) -> dict[int, str]:
-    """``raw id<TAB>index`` lines as row -> raw id; a repeated id or row, or a malformed line, is an error."""
+    """``raw id<TAB>index`` lines as row -> raw id; a repeated id or row, or a malformed line, is a ValueError
+    naming the file and line (the benchmark reader's ``item2index``/``user2index`` and ``index_filepath``)."""
     rows: dict[int, str] = {}
     seen: set[str] = set()
     for number, line in enumerate(text.splitlines(), start=1):
@@ -73,10 +74,10 @@ def read_index_rows(text: str, name: str, base: int = 0) -> dict[int, str]:
             continue
         parts = line.rstrip("\r").split("\t")
         if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-            raise DatasetError(f"{name}:{number}: expected 'raw id<TAB>integer index', got {line[:80]!r}")
+            raise ValueError(f"{name}:{number}: expected 'raw id<TAB>integer index', got {line[:80]!r}")
         raw, row = parts[0].strip(), int(parts[1]) - base
         if raw in seen or row in rows:
-            raise DatasetError(f"{name}:{number}: duplicate id {raw!r} or index {parts[1].strip()}")
+            raise ValueError(f"{name}:{number}: duplicate id {raw!r} or index {parts[1].strip()}")
         rows[row] = raw
         seen.add(raw)
     return rows
@@ -175,8 +176,11 @@ class EmbeddingFileDataset(AbstractDataset[None, "ItemEmbeddings | None"]):
             raise DatasetError(f"{path}: rows carry no ids; set index_filepath (raw id<TAB>row index)")
         fs, index_path = self._fs_path(self._index_filepath)
         with fs.open(index_path, "rb") as handle:
-            rows = read_index_rows(handle.read().decode("utf-8-sig"), PurePosixPath(index_path).name,
-                                   self._index_base)  # fmt: skip
+            text = handle.read().decode("utf-8-sig")
+        try:
+            rows = read_index_rows(text, PurePosixPath(index_path).name, self._index_base)
+        except ValueError as error:
+            raise DatasetError(str(error)) from error
         if sorted(rows) != list(range(n_rows)):
             raise DatasetError(
                 f"{path}: {n_rows} rows, but the index file {index_path} maps {len(rows)} ids to rows "

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from maf_pipeline.datasets.embeddings import read_index_rows
 from maf_pipeline.datasets.raw_file import RawSource
 
 logger = logging.getLogger(__name__)
@@ -81,21 +82,8 @@ def is_benchmark_split(source: RawSource, header: str, field_separator: str = "\
 
 
 def read_index(text: str, name: str) -> dict[str, str]:
-    """An ``id<TAB>index`` map file as index -> raw id; a repeated index or id is an error."""
-    out: dict[str, str] = {}
-    raw_ids: set[str] = set()
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.rstrip("\r").split("\t")
-        if len(parts) != 2:
-            raise ValueError(f"{name}:{number}: expected 'raw id<TAB>index', got {line[:80]!r}")
-        raw, index = parts[0].strip(), parts[1].strip()
-        if index in out or raw in raw_ids:
-            raise ValueError(f"{name}:{number}: index {index!r} or id {raw!r} appears twice")
-        out[index] = raw
-        raw_ids.add(raw)
-    return out
+    """An ``id<TAB>index`` map file as index (the string the ``.inter`` files use) -> raw id."""
+    return {str(row): raw for row, raw in read_index_rows(text, name).items()}
 
 
 def _parse(text: str, name: str, cfg: dict[str, Any], problems: _Problems) -> dict[str, list[_Row]]:

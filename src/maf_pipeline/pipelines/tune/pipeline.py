@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from ..training.pipeline import SHARED_INPUTS  # what every model's training reads
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     """Raw data to the tuned parameters: the data chain and the features, then the study (tag ``tune``).
@@ -25,16 +27,7 @@ def create_study_pipeline() -> Pipeline:
         [
             Node(
                 run_study,
-                inputs=[
-                    "train_sequences",
-                    "valid_sequences",
-                    "item_index",
-                    "image_features",
-                    "text_features",
-                    "category_features",
-                    "tune_study_storage",
-                    "parameters",
-                ],
+                inputs=[*SHARED_INPUTS, "tune_study_storage", "parameters"],
                 outputs=["tune.best_params", "tune.trials"],
                 name="run_study",
                 namespace="tune",
