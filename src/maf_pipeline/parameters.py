@@ -52,6 +52,7 @@ class DateWindow(Block):
 
 # ------------------------------------------------------------------ ingestion
 class IngestionMetadata(Block):
+    category_paths: Literal["all", "longest"] = "all"
     upgrade_thumbnails: bool = True
     main_category_fallback: bool = False
     include_features: bool = False

@@ -129,3 +129,14 @@ def test_manifest_rejects_misaligned_tables():
         build_features_manifest(good, dirty, good, {"labels": ["p", "q"]}, availability, index)
     with pytest.raises(ValueError, match="labels"):
         build_features_manifest(good, good, good, {"labels": ["p"]}, availability, index)
+
+
+def test_unicode_forms_of_a_label_are_one_vocabulary_entry():
+    import unicodedata
+
+    nfc, nfd = "Café Wear", unicodedata.normalize("NFD", "Café Wear")
+    table, vocab = encode_categories(
+        _index(["a", "b", "c"]), _items({"a": [nfc], "b": [nfd], "c": ["Men"]}), CATS
+    )
+    assert vocab["labels"] == [nfc, "Men"] and vocab["frequency"][nfc] == 2
+    assert table["features"][1:, 0].tolist() == [1.0, 1.0, 0.0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import unicodedata
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,7 +19,7 @@ from maf_pipeline.pipelines.ingestion.cleaning import (
     first_non_empty_list,
     full_size_urls,
     join_text,
-    most_specific_path,
+    merge_paths,
 )
 from maf_pipeline.pipelines.ingestion.formats import detect_format
 from maf_pipeline.pipelines.ingestion.stream import IngestionError
@@ -55,9 +56,10 @@ def test_category_labels_and_paths():
         == "AMAZON FASHION"
     )
     assert clean_path(["A", "", " ", None, "B &amp; C", "A", "</span></span>"]) == ["A", "B & C"]
-    assert most_specific_path([["A", "B"], ["C", "D", "E"], ["F", "G", "H"]]) == ["C", "D", "E"]
-    assert most_specific_path([]) == []
-    assert most_specific_path(None) == []
+    paths = [["A", "B"], ["C", "D", "E"], ["F", "G", "H"], ["A", "D"]]
+    assert merge_paths(paths, "longest") == ["C", "D", "E"]
+    assert merge_paths(paths) == ["A", "B", "C", "D", "E", "F", "G", "H"]  # all paths, in order, each once
+    assert merge_paths([]) == merge_paths(None) == merge_paths(None, "longest") == []
 
 
 def test_image_urls_prefer_full_size():
@@ -124,12 +126,13 @@ def _clean_text_on_every_row(values: pa.Array) -> pa.Array:
         pa.string(),
     )
     values = pc.replace_substring_regex(values, cleaning._WHITESPACE, " ")
-    return pc.utf8_trim_whitespace(values)
+    values = pc.utf8_trim_whitespace(values)
+    return pa.array([unicodedata.normalize("NFC", v) for v in values.to_pylist()], pa.string())
 
 
 _PIECES = ["a", "Dress", " ", "  ", "\t", "\n", "\r", "\v", "\f", "\u00a0", "\u2009", "\u3000",
            "\u0085", "<b>", "</span>", "<br/>", "< 5", "&amp;", "&lt;i&gt;", "&", "é", "\u65e5\u672c",
-           "\u200b", ">"]  # fmt: skip
+           "\u200b", ">", "e\u0301", "\u0301"]  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)

@@ -149,7 +149,17 @@ def test_2014_python_literal_metadata(write_raw):
         "item_id": "0000031852",
         "title": "Girls Ballet Tutu & Zebra",
         "text": "Girls Ballet Tutu & Zebra A cute tutu",
-        "categories": ["Clothing, Shoes & Jewelry", "Girls", "Clothing", "Active", "Skirts"],
+        # every path's labels, in order, each once (category_paths: all, the default)
+        "categories": [
+            "Sports & Outdoors",
+            "Other Sports",
+            "Dance",
+            "Clothing, Shoes & Jewelry",
+            "Girls",
+            "Clothing",
+            "Active",
+            "Skirts",
+        ],  # fmt: skip
         "image_urls": ["http://ecx.images-amazon.com/images/I/51fAmVkTbyL.jpg"],
         "brand": "Coxlures",
     }
@@ -159,6 +169,28 @@ def test_2014_python_literal_metadata(write_raw):
     assert report["skipped"]["malformed"] == 1
     assert report["first_bad_lines"] == [{"line": 3, "reason": "malformed"}]
     assert len(frame) == 202
+    longest, _ = ingest_metadata(
+        write_raw("meta_2014b.json.gz", lines), {"metadata": {"category_paths": "longest"}}
+    )
+    assert _rows(longest)["0000031852"]["categories"] == [
+        "Clothing, Shoes & Jewelry", "Girls", "Clothing", "Active", "Skirts"
+    ]  # fmt: skip
+
+
+def test_unicode_forms_of_a_label_are_one_label(write_raw):
+    """Composed (NFC) and decomposed (NFD) spellings of a label and a title become one form at ingestion."""
+    import unicodedata
+
+    nfc, nfd = "Café Wear", unicodedata.normalize("NFD", "Café Wear")
+    assert nfc != nfd
+    lines = [
+        {"asin": "A1", "title": f"Shirt {nfd}", "category": ["Clothing", nfc]},
+        {"asin": "A2", "title": f"Shirt {nfc}", "category": ["Clothing", nfd]},
+    ]
+    frame, _ = ingest_metadata(write_raw("meta_nfd.json.gz", lines), {})
+    rows = _rows(frame)
+    assert rows["A1"]["categories"] == rows["A2"]["categories"] == ["Clothing", nfc]
+    assert rows["A1"]["title"] == rows["A2"]["title"] == f"Shirt {nfc}"
 
 
 def test_2023_metadata(write_raw):

@@ -381,3 +381,16 @@ def test_dedup_matches_pandas_duplicated_in_time_order(rows, keep):
         else df.iloc[np.sort(order[~in_time.duplicated(["user_id", "item_id"], keep=keep).to_numpy()])]
     )
     pd.testing.assert_frame_equal(out, expected.reset_index(drop=True))
+
+
+def test_category_filter_matches_every_unicode_form_of_a_label():
+    """``Café Wear`` composed (NFC) on one item and decomposed (NFD) on another: a filter on either form keeps
+    both (it kept 0 of 48 items of the other form before labels were normalised)."""
+    import unicodedata
+
+    nfc, nfd = "Café Wear", unicodedata.normalize("NFD", "Café Wear")
+    items = pd.DataFrame({"item_id": ["x", "y", "z"], "categories": [["A", nfc], ["A", nfd], ["A", "Other"]]})
+    interactions = frame([("u1", "x", "2016-05-01"), ("u2", "y", "2016-05-01"), ("u3", "z", "2016-05-01")])
+    for wanted in (nfc, nfd):
+        out, _ = filter_categories(interactions, items, [wanted])
+        assert out["item_id"].tolist() == ["x", "y"]

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import logging
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -429,7 +430,9 @@ def _labels(value: Any) -> list[str]:
     if value is None or isinstance(value, float):
         return []
     labels = [value] if isinstance(value, str) else list(value)
-    return list(dict.fromkeys(str(v).strip() for v in labels if v is not None and str(v).strip()))
+    # NFC: one vocabulary entry per label, however the items table spelled it (composed or decomposed)
+    cleaned = (unicodedata.normalize("NFC", str(v).strip()) for v in labels if v is not None)
+    return list(dict.fromkeys(label for label in cleaned if label))
 
 
 def encode_categories(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -100,7 +101,22 @@ def clean_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
         rows_containing(values, _has_odd_whitespace),
         lambda v: pc.replace_substring_regex(v, _WHITESPACE, " "),
     )
-    return pc.utf8_trim_whitespace(values)
+    return _nfc(pc.utf8_trim_whitespace(values))
+
+
+def _has_non_ascii(data: np.ndarray) -> np.ndarray:
+    return data >= 128
+
+
+def _nfc(values: pa.Array) -> pa.Array:
+    """Unicode NFC on the rows with a non-ASCII byte (only those can hold a decomposed character), so one
+    title written composed or decomposed is one text. Python's ``unicodedata``: Arrow 25's ``utf8_normalize``
+    returned decomposed strings for form NFC."""
+
+    def normalize(selected: pa.Array) -> pa.Array:
+        return pa.array([unicodedata.normalize("NFC", v) for v in selected.to_pylist()], type=pa.string())
+
+    return _where(values, rows_containing(values, _has_non_ascii), normalize)
 
 
 def _unescape(values: pa.Array) -> pa.Array:
@@ -130,12 +146,13 @@ def join_list(values: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def clean_label(label: str) -> str:
-    """One category label: entities unescaped, tags dropped (an ``<img alt=...>`` gives its alt text)."""
+    """One category label: entities unescaped, tags dropped (an ``<img alt=...>`` gives its alt text), in
+    Unicode NFC, so a label written composed (``Café``) or decomposed (``Cafe`` + U+0301) is one label."""
     label = html.unescape(label)
     if "<" in label:
         alt = _ALT_RE.search(label)
         label = alt.group(1) if alt else _TAG_RE.sub(" ", label)
-    return _WS_RE.sub(" ", label).strip()
+    return unicodedata.normalize("NFC", _WS_RE.sub(" ", label).strip())
 
 
 def clean_path(labels: Iterable[str | None]) -> list[str]:
@@ -150,14 +167,19 @@ def clean_path(labels: Iterable[str | None]) -> list[str]:
     return out
 
 
-def most_specific_path(paths: Sequence[Sequence[str] | None] | None) -> list[str]:
-    """From the 2014 list of category paths, the longest (most specific) one, the first among equals."""
-    best: list[str] = []
-    for path in paths or ():
-        cleaned = clean_path(path or ())
-        if len(cleaned) > len(best):
-            best = cleaned
-    return best
+CATEGORY_PATHS = ("all", "longest")
+
+
+def merge_paths(paths: Sequence[Sequence[str] | None] | None, keep: str = "all") -> list[str]:
+    """The labels of the 2014 format's several category paths: ``all`` paths' labels in order, each once
+    (an item listed under Women > Dresses and Girls > Dresses keeps Women, Dresses and Girls), or only the
+    ``longest`` (most specific) path, the first among equals."""
+    if keep not in CATEGORY_PATHS:
+        raise ValueError(f"ingestion.metadata.category_paths must be one of {CATEGORY_PATHS}, got {keep!r}")
+    cleaned = [clean_path(path or ()) for path in paths or ()]
+    if keep == "longest":
+        return max(cleaned, key=len, default=[]) if cleaned else []
+    return list(dict.fromkeys(label for path in cleaned for label in path))
 
 
 def map_list_values(lists: pa.Array | pa.ChunkedArray, fn: Callable[[pa.Array], pa.Array]) -> pa.ListArray:

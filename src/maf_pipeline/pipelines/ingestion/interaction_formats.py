@@ -32,6 +32,7 @@ import gzip
 import io
 import json
 import logging
+import unicodedata
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -219,6 +220,7 @@ def add_attributes(items: pd.DataFrame, attributes: dict[str, list[str]]) -> pd.
 
 
 def _labels(value: str, kind: str, seq_separator: str) -> list[str]:
+    value = unicodedata.normalize("NFC", value)  # one spelling per label and word (ids are left byte-exact)
     if kind == "token_seq":
         return [t for t in value.split(seq_separator) if t]
     return [value] if value else []

@@ -41,7 +41,12 @@ DEFAULTS: dict[str, Any] = {
     "first_bad_lines": 10,
     "invalid_utf8": "replace",
     "timestamp_unit": None,
-    "metadata": {"upgrade_thumbnails": True, "main_category_fallback": False, "include_features": False},
+    "metadata": {
+        "category_paths": "all",
+        "upgrade_thumbnails": True,
+        "main_category_fallback": False,
+        "include_features": False,
+    },
     "interaction_only": {},
 }
 

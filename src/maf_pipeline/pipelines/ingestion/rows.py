@@ -16,7 +16,7 @@ from .cleaning import (
     full_size_urls,
     join_list,
     join_text,
-    most_specific_path,
+    merge_paths,
 )
 from .formats import METADATA_ID, ReviewFormat
 from .stream import ParseStats, Piece
@@ -143,7 +143,8 @@ def metadata_rows(
         main_category = table["main_cat"]
     elif fmt == "2014":
         description = table["description"]
-        raw_categories = [most_specific_path(paths) for paths in table["categories"].to_pylist()]
+        keep = cfg.get("category_paths", "all")
+        raw_categories = [merge_paths(paths, keep) for paths in table["categories"].to_pylist()]
         images = pa.array([[u] if u else [] for u in table["imUrl"].to_pylist()], type=pa.list_(pa.string()))
         brand = table["brand"]
     else:  # 2023

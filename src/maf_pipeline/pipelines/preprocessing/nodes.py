@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import logging
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -116,8 +117,11 @@ def _timestamp_int(timestamps: pd.Series) -> np.ndarray:
 
 
 def _normalise_label(label: Any) -> str:
-    """Category label as compared by the category filter: HTML entities decoded, trimmed, case-folded."""
-    return html.unescape(str(label)).strip().casefold()
+    """Category label as compared by the category filter: HTML entities decoded, trimmed, case-folded, in
+    Unicode NFC (the filter's own values too: ``Café`` typed decomposed matches the composed label)."""
+    return unicodedata.normalize(
+        "NFC", unicodedata.normalize("NFC", html.unescape(str(label))).strip().casefold()
+    )
 
 
 def _labels(value: Any) -> list[str]:
