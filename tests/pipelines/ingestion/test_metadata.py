@@ -159,7 +159,7 @@ def test_2014_python_literal_metadata(write_raw):
             "Clothing",
             "Active",
             "Skirts",
-        ],  # fmt: skip
+        ],
         "image_urls": ["http://ecx.images-amazon.com/images/I/51fAmVkTbyL.jpg"],
         "brand": "Coxlures",
     }
