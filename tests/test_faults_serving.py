@@ -63,7 +63,7 @@ def project_runs(mlflow_dir: Path, project: Path) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- 11.2
-@pytest.mark.parametrize("env", ["base", "sample"])
+@pytest.mark.parametrize("env", ["base", "sample", "scientific", "scientific_mm"])
 def test_the_shipped_parameters_are_valid(env: str) -> None:
     assert parameter_errors(base_parameters(env)) == []
 
@@ -88,6 +88,31 @@ def test_the_shipped_parameters_are_valid(env: str) -> None:
         (("preprocessing", "kk"), 5, "preprocessing.kk: unknown parameter (known here: ['category_labels'"),
         (("preprocesing",), {}, "preprocesing: unknown parameter block"),
         (("sasrec", "model", "n_heads"), 3, "sasrec.model: d (256) must be divisible by n_heads (3)"),
+        # names that select something are checked against what exists (issue 24, item 3)
+        (
+            ("compare", "models"),
+            ["maf", "sasrec", "transformer4rec"],
+            "compare.models = ['transformer4rec']: unknown model(s) (valid: ['bert4rec', 'caser', 'fdsa', "
+            "'gru4rec', 'maf', 'pop', 'sasrec', 'sasrecf'])",
+        ),
+        (("compare", "metrics"), ["recall@10", "ndcg@100"], "compare.metrics = ['ndcg@100']: no such metric"),
+        (
+            ("compare", "modalities"),
+            {"Bad": {"modalities": ["imgae"]}},
+            "compare.modalities.Bad.modalities.0 = 'imgae': Input should be 'image', 'text' or 'category'",
+        ),
+        (
+            ("compare", "fusion"),
+            {"X": {"fuzion": "sum"}},
+            "compare.fusion.X: ['fuzion'] are not MAF parameters",
+        ),
+        (("tune", "model"), "transformer4rec", "tune.model = ['transformer4rec']: no such model block"),
+        (("serving", "models"), ["mafs"], "serving.models = ['mafs']: no such model block"),
+        (
+            ("training", "early_stopping", "metric"),
+            "ndcg@5",
+            "training.early_stopping.metric = ['ndcg@5']: no such metric, training.ks is [10, 20]",
+        ),
     ],
 )
 def test_bad_parameters_are_named_with_value_and_range(

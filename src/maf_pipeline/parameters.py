@@ -522,6 +522,75 @@ def _check_model_blocks(params: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _metric_k(metric: str) -> int | None:
+    return int(metric.partition("@")[2]) if "@" in metric else None
+
+
+def _check_metrics(where: str, metrics: list[str], ks: list[int], ks_name: str) -> list[str]:
+    """Metrics at a cut-off the evaluation does not compute select nothing (a table would lack them)."""
+    missing = [m for m in metrics if (k := _metric_k(m)) is not None and k not in ks]
+    if not missing:
+        return []
+    return [f"{where} = {missing}: no such metric, {ks_name} is {ks} (add the cut-off there, or use mrr)"]
+
+
+def _check_variants(params: dict[str, Any]) -> list[str]:
+    """compare's MAF variants (Tables 3-4, Fig. 3 columns) and grid settings against the MAF schema."""
+    compare, errors = params.get("compare") or {}, []
+    maf = (params.get("maf") or {}).get("model") or {"architecture": "maf"}
+    families = {f: compare.get(f) or {} for f in ("fusion", "multitask", "modalities")}
+    families["grid.fixed"] = {"fixed": (compare.get("grid") or {}).get("fixed") or {}}
+    for family, variants in families.items():
+        for label, overrides in variants.items():
+            where = f"compare.{family}" + ("" if family == "grid.fixed" else f".{label}")
+            unknown = sorted(set(overrides or {}) - set(MAFBlock.model_fields))
+            if unknown:
+                known = sorted(set(MAFBlock.model_fields) - {"architecture"})
+                errors.append(f"{where}: {unknown} are not MAF parameters (known: {known})")
+                continue
+            try:
+                MAFBlock.model_validate({**maf, **(overrides or {})})
+            except ValidationError as err:
+                errors += _messages(err, MAFBlock, tuple(where.split(".")))
+    return errors
+
+
+def _check_names(params: dict[str, Any]) -> list[str]:
+    """Every name that selects something (models, metrics, variants) against what exists: a name that selects
+    nothing would run for minutes and leave a table short without saying so."""
+    errors = []
+    compare, tune = params.get("compare") or {}, params.get("tune") or {}
+    blocks = sorted(k for k, v in params.items() if k not in BLOCKS and isinstance(v, dict) and "model" in v)
+    valid_models = sorted({"pop", *MODEL_BLOCKS})
+    unknown = [m for m in compare.get("models") or [] if m not in valid_models]
+    if unknown:
+        errors.append(f"compare.models = {unknown}: unknown model(s) (valid: {valid_models})")
+    missing = [m for m in compare.get("models") or [] if m in MODEL_BLOCKS and m not in blocks]
+    if missing:
+        errors.append(f"compare.models = {missing}: no params:<model>.model block (blocks: {blocks})")
+    for where, names in (("serving.models", (params.get("serving") or {}).get("models") or []),
+                         ("tune.model", [tune["model"]] if tune.get("model") else [])):  # fmt: skip
+        if bad := [n for n in names if n not in blocks]:
+            errors.append(f"{where} = {bad}: no such model block (blocks: {blocks})")
+    evaluation = {**(params.get("evaluation") or {}), **(compare.get("evaluation") or {})}
+    training = params.get("training") or {}
+    eval_ks = list(evaluation.get("ks") or [10, 20])
+    train_ks = list(training.get("ks") or [10, 20])
+    errors += _check_metrics("compare.metrics", list(compare.get("metrics") or []), eval_ks, "evaluation.ks")
+    errors += _check_metrics("compare.figure_metrics", list(compare.get("figure_metrics") or []), eval_ks,
+                             "evaluation.ks")  # fmt: skip
+    stop = [(training.get("early_stopping") or {}).get("metric") or "ndcg@20"]
+    errors += _check_metrics("training.early_stopping.metric", stop, train_ks, "training.ks")
+    if tune.get("metric"):
+        errors += _check_metrics("tune.metric", [tune["metric"]], train_ks, "training.ks")
+    grid = compare.get("grid") or {}
+    if grid.get("enabled"):
+        errors += _check_metrics(
+            "compare.grid.metric", [grid.get("metric") or "ndcg@20"], eval_ks, "evaluation.ks"
+        )
+    return errors + _check_variants(params)
+
+
 def parameter_errors(params: dict[str, Any]) -> list[str]:
     """Every problem of ``params`` (the merged parameters of a run), one message each; [] when valid."""
     errors = []
@@ -530,7 +599,8 @@ def parameter_errors(params: dict[str, Any]) -> list[str]:
         Parameters.model_validate(known)
     except ValidationError as err:
         errors += _messages(err, Parameters, ())
-    return errors + _check_model_blocks(params)
+    errors += _check_model_blocks(params)
+    return errors if errors else _check_names(params)
 
 
 def validate_parameters(params: dict[str, Any]) -> None:
