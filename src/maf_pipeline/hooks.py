@@ -108,15 +108,21 @@ def _local_path(dataset: Any) -> Path | None:
 
 
 class ParameterSchemaHook:
-    """Validates the run's parameters (types, ranges, unknown keys) before the first node and before the
-    MLflow run starts, so a bad ``--params`` fails at once, naming the parameter, instead of in a node."""
+    """Validates the run's parameters (types, ranges, unknown keys, names that select nothing) and checks that
+    every intermediate input the run does not make is on disk, before the first node and before the MLflow
+    run starts: a bad ``--params`` or a deleted intermediate fails at once, named, instead of in a node."""
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        """Raise ``kedro.validation.ParameterValidationError`` listing every bad parameter."""
+        """Raise ``ParameterValidationError`` listing every bad parameter, or ``MissingInputError`` naming
+        every missing input with the node that makes it."""
+        from kedro.framework.project import pipelines
+
         from maf_pipeline.parameters import validate_parameters
+        from maf_pipeline.run_checks import check_inputs
 
         validate_parameters(catalog.load("parameters"))
+        check_inputs(pipeline, catalog, dict(pipelines))
 
 
 class RunInterrupted(SystemExit):
