@@ -52,6 +52,9 @@ class DateWindow(Block):
 
 # ------------------------------------------------------------------ ingestion
 class IngestionMetadata(Block):
+    max_text_chars: NonNegativeInt = 20_000
+    max_category_labels: NonNegativeInt = 50
+    max_image_urls: NonNegativeInt = 20
     category_paths: Literal["all", "longest"] = "all"
     upgrade_thumbnails: bool = True
     main_category_fallback: bool = False

@@ -140,3 +140,10 @@ def test_unicode_forms_of_a_label_are_one_vocabulary_entry():
     )
     assert vocab["labels"] == [nfc, "Men"] and vocab["frequency"][nfc] == 2
     assert table["features"][1:, 0].tolist() == [1.0, 1.0, 0.0]
+
+
+def test_texts_are_cut_before_tokenising():
+    from maf_pipeline.pipelines.features.nodes import CHARS_PER_TOKEN, cap_texts
+
+    texts, capped = cap_texts({"a": "x" * 10_000_000, "b": "short"}, max_tokens=256)
+    assert capped == 1 and len(texts["a"]) == 256 * CHARS_PER_TOKEN and texts["b"] == "short"

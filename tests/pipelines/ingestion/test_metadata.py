@@ -306,3 +306,27 @@ def test_semi_join_keeps_exactly_the_reviewed_items(write_raw):
         unreviewed = sum(1 for r in records if r["asin"] not in set(reviewed))
         assert report["semi_join"]["records_of_unreviewed_items"] == unreviewed
         assert report["records"] == len(records) - unreviewed
+
+
+def test_huge_texts_and_long_lists_are_bounded_and_counted(write_raw):
+    """A 5 MB description is cut before cleaning; category labels and image URLs are bounded too."""
+    lines = [
+        {
+            "asin": "H1",
+            "title": "Huge",
+            "description": ["word " * 1_000_000],
+            "category": [f"label {i}" for i in range(80)],
+            "imageURLHighRes": [
+                f"https://images-na.ssl-images-amazon.com/images/I/{i}.jpg" for i in range(40)
+            ],
+        },
+        {"asin": "S1", "title": "Small", "description": ["short"], "category": ["A"]},
+    ]
+    frame, report = ingest_metadata(write_raw("meta_huge.json.gz", lines), {})
+    rows = _rows(frame)
+    assert len(rows["H1"]["text"]) <= 20_000 + len("Huge ") and rows["S1"]["text"] == "Small short"
+    assert len(rows["H1"]["categories"]) == 50 and len(rows["H1"]["image_urls"]) == 20
+    assert report["capped"] == {"description": 1, "categories": 1, "image_urls": 1}
+    params = {"metadata": {"max_text_chars": 0, "max_category_labels": 0, "max_image_urls": 0}}
+    whole, report = ingest_metadata(write_raw("meta_huge2.json.gz", lines), params)
+    assert len(_rows(whole)["H1"]["categories"]) == 80 and report["capped"] == {}

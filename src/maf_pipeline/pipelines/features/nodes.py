@@ -355,6 +355,22 @@ def item_texts(items: pd.DataFrame) -> dict[str, str]:
     return dict(zip(items.loc[keep, "item_id"].astype(str), text[keep], strict=True))
 
 
+# 64 characters per token: natural text averages 4-6 characters per WordPiece token, so the cut leaves the tokens
+# kept unchanged (only runs of very long unbroken strings, each one [UNK], could lose tokens)
+CHARS_PER_TOKEN = 64
+
+
+def cap_texts(texts: dict[str, str], max_tokens: int) -> tuple[dict[str, str], int]:
+    """Texts cut to ``max_tokens * 64`` characters before tokenising (a 52 MB description no longer takes
+    minutes and gigabytes to tokenise and then cut to ``max_tokens``), and how many were cut (logged)."""
+    limit = max_tokens * CHARS_PER_TOKEN
+    long = [i for i, t in texts.items() if len(t) > limit]
+    if long:
+        logger.info("text features: %d texts cut to %d characters before tokenising (e.g. %s)",
+                    len(long), limit, long[:3])  # fmt: skip
+    return {i: (t[:limit] if len(t) > limit else t) for i, t in texts.items()}, len(long)
+
+
 def encode_texts(
     item_index: pd.DataFrame,
     filtered_items: pd.DataFrame,
@@ -371,7 +387,7 @@ def encode_texts(
     item_ids = ordered_item_ids(item_index)
     if params.get("source", "encoder") == "file":
         return precomputed_table("text", item_ids, text_embeddings, params["storage_dtype"])
-    texts = item_texts(filtered_items)
+    texts, capped = cap_texts(item_texts(filtered_items), int(params["max_tokens"]))
     fingerprints = {i: _fingerprint(texts[i]) for i in item_ids if i in texts}
     choice = resolve_text_weights(params)
     used = effective_text_settings(params, choice)
@@ -416,6 +432,7 @@ def encode_texts(
     )
     meta = {
         "modality": "text",
+        "texts_capped": capped,
         "encoder": used["model"],
         "weights": choice.as_dict(),
         "settings": settings,

@@ -42,6 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "invalid_utf8": "replace",
     "timestamp_unit": None,
     "metadata": {
+        "max_text_chars": 20_000,
+        "max_category_labels": 50,
+        "max_image_urls": 20,
         "category_paths": "all",
         "upgrade_thumbnails": True,
         "main_category_fallback": False,
@@ -150,6 +153,7 @@ def ingest_metadata(
             "reviewed_items": None if wanted is None else len(wanted),
             "records_of_unreviewed_items": not_reviewed,
         },
+        capped=dict(stats.capped),
         items_with={
             "text": count_true(pc.not_equal(items["text"], "")),
             "categories": count_true(pc.greater(pc.list_value_length(items["categories"]), 0)),

@@ -107,6 +107,39 @@ def review_rows(
     return out, outside
 
 
+def cap_text(values: pa.Array | pa.ChunkedArray, limit: int, name: str, stats: ParseStats) -> pa.Array:
+    """Strings cut to ``limit`` characters before any cleaning (0 = no cut), counted per field in ``stats``:
+    one 52 MB description would otherwise be cleaned, kept and tokenised whole."""
+    if not limit:
+        return values
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_null(values.type):
+        return values
+    values = values.cast(pa.string()) if values.type != pa.string() else values
+    too_long = pc.greater(pc.utf8_length(values), limit)
+    count = count_true(too_long)
+    if count:
+        stats.capped[name] += count
+        values = pc.if_else(too_long, pc.utf8_slice_codeunits(values, 0, limit), values)
+    return values
+
+
+MAX_LISTS = {"categories": "max_category_labels", "image_urls": "max_image_urls"}
+
+
+def cap_list(values: pa.Array, cfg: dict[str, Any], name: str, stats: ParseStats) -> pa.Array:
+    """Lists cut to their bound (``ingestion.metadata.max_category_labels`` / ``max_image_urls``), counted."""
+    limit = int(cfg.get(MAX_LISTS[name]) or 0)
+    if not limit:
+        return values
+    too_long = pc.greater(pc.list_value_length(values), limit)
+    count = count_true(too_long)
+    if count:
+        stats.capped[name] += count
+        values = pc.list_slice(values, 0, limit)
+    return values
+
+
 def metadata_rows(
     piece: Piece,
     fmt: str,
@@ -161,11 +194,12 @@ def metadata_rows(
         brand = table["store"]
         main_category = table["main_category"]
 
-    title = clean_text(table["title"])
-    description = clean_text(description)
+    limit = int(cfg.get("max_text_chars") or 0)
+    title = clean_text(cap_text(table["title"], limit, "title", stats))
+    description = clean_text(cap_text(description, limit, "description", stats))
     parts = [title, description]
     if cfg["include_features"] and features is not None:
-        parts.append(clean_text(features))
+        parts.append(clean_text(cap_text(features, limit, "features", stats)))
     text = join_text(parts)
     mains = main_category.to_pylist() if main_category is not None else None
     categories = []
@@ -179,8 +213,8 @@ def metadata_rows(
         if not path and cfg["main_category_fallback"] and mains and mains[i]:
             path = clean_path([mains[i]])
         categories.append(path)
-    categories = pa.array(categories, type=pa.list_(pa.string()))
-    image_urls = full_size_urls(images, bool(cfg["upgrade_thumbnails"]))
+    categories = cap_list(pa.array(categories, type=pa.list_(pa.string())), cfg, "categories", stats)
+    image_urls = cap_list(full_size_urls(images, bool(cfg["upgrade_thumbnails"])), cfg, "image_urls", stats)
     brand = clean_text(brand)
     score = functools.reduce(
         pc.add,

@@ -303,6 +303,8 @@ class ParseStats:
     # skipped lines per reason and field at fault, and a few of the offending values (report, messages)
     fields: dict[str, Counter] = field(default_factory=dict)
     field_values: dict[str, list[Any]] = field(default_factory=dict)
+    # records whose field was cut to its size bound (ingestion.metadata.max_*): a 52 MB description, ...
+    capped: Counter = field(default_factory=Counter)
 
     def bad_field(self, reason: str, name: str, count: int, values: Iterable[Any] = ()) -> None:
         """Attribute ``count`` lines skipped for ``reason`` to field ``name``; keep a few of its values."""
