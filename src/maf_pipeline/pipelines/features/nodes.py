@@ -355,8 +355,8 @@ def item_texts(items: pd.DataFrame) -> dict[str, str]:
     return dict(zip(items.loc[keep, "item_id"].astype(str), text[keep], strict=True))
 
 
-# 64 characters per token: natural text averages 4-6 characters per WordPiece token, so the cut leaves the tokens
-# kept unchanged (only runs of very long unbroken strings, each one [UNK], could lose tokens)
+# 64 characters per token: natural text averages 4-6 characters per WordPiece token, so the cut leaves the
+# tokens kept unchanged (only runs of very long unbroken strings, each one [UNK], could lose tokens)
 CHARS_PER_TOKEN = 64
 
 
