@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -248,10 +249,40 @@ def image_transform(input_size: int, resize_size: int | None) -> Callable[[Image
 
 
 def decode_rgb(data: bytes, draft_size: int) -> Image.Image:
-    """Decode image bytes to RGB; transparent areas become white (product shots are on white)."""
+    """Decode image bytes to 8-bit RGB as the picture is meant to be seen: EXIF orientation applied (a phone
+    photo tagged "rotate 90" enters VGG upright), every mode PIL opens converted by :func:`to_rgb`."""
     img = Image.open(io.BytesIO(data))
     img.draft("RGB", (draft_size, draft_size))  # JPEG: decode at the smallest scale still >= the target
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    return to_rgb(ImageOps.exif_transpose(img))
+
+
+def _scaled_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """Integer or float gray levels to 0..255: 16-bit by 65535 -> 255, wider integers by their bit depth
+    (negative values as 0), floats in [0, 1] by 255, in [0, 255] as they are, otherwise by their own range."""
+    if mode == "F":
+        lo, hi = float(values.min()), float(values.max())
+        if lo >= 0.0 and hi <= 1.0:
+            scaled = values * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            scaled = values
+        else:
+            scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+    else:
+        peak = int(values.max()) if values.size else 0
+        bits = 16 if mode.startswith("I;16") or peak <= 65535 else peak.bit_length()  # "I" holds 16-bit PNGs too
+        scaled = np.clip(values, 0, None) * (255.0 / (2**bits - 1))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16- and 32-bit integer and float gray scaled to 0..255 (PIL's own convert
+    clips them, so a 16-bit PNG came out all white); transparency (RGBA, LA, PA, palette with a transparent
+    index) composited on white, as product shots are; CMYK and the rest through PIL's conversion."""
+    mode = img.mode
+    if mode.startswith("I") or mode == "F":
+        gray = _scaled_to_8bit(np.asarray(img, dtype=np.float64), mode)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
