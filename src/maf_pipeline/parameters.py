@@ -51,11 +51,19 @@ class DateWindow(Block):
 
 
 # ------------------------------------------------------------------ ingestion
+class Labels(Block):
+    max_words: NonNegativeInt = 8
+    max_chars: NonNegativeInt = 80
+    drop_sentences: bool = True
+    stop_list: list[str] = []
+
+
 class IngestionMetadata(Block):
     max_text_chars: NonNegativeInt = 20_000
     max_category_labels: NonNegativeInt = 50
     max_image_urls: NonNegativeInt = 20
     category_paths: Literal["all", "longest"] = "all"
+    labels: Labels = Labels()
     upgrade_thumbnails: bool = True
     main_category_fallback: bool = False
     include_features: bool = False

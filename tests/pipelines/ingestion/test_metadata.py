@@ -330,3 +330,40 @@ def test_huge_texts_and_long_lists_are_bounded_and_counted(write_raw):
     params = {"metadata": {"max_text_chars": 0, "max_category_labels": 0, "max_image_urls": 0}}
     whole, report = ingest_metadata(write_raw("meta_huge2.json.gz", lines), params)
     assert len(_rows(whole)["H1"]["categories"]) == 80 and report["capped"] == {}
+
+
+def test_marketing_sentences_are_not_categories(write_raw):
+    """Real Gift Cards metadata lists sentences as categories; with max_labels 3 they crowded out the real
+    label. They are dropped (by reason, counted), and the real labels stay."""
+    from maf_pipeline.pipelines.ingestion.cleaning import label_drop_reason
+
+    rule = {"max_words": 8, "max_chars": 80, "drop_sentences": True, "stop_list": ["Misc"]}
+    assert label_drop_reason("No expiration, no fees.", rule) == "sentence"
+    assert label_drop_reason("Redeemable online. Not for resale", rule) == "sentence"
+    assert label_drop_reason("Use it at any of our stores for anything you want today", rule) == "too_long"
+    assert label_drop_reason("misc", rule) == "stop_list"
+    for label in ("Gift Cards", "Clothing, Shoes & Jewelry", "Arts, Music & Photography", "3.5 Floppy"):
+        assert label_drop_reason(label, rule) is None, label
+    lines = [
+        {
+            "asin": f"G{i}",
+            "title": f"Card {i}",
+            "category": [
+                "Gift Cards",
+                "No expiration, no fees.",
+                "Redeemable online. Not for resale",
+                "Restaurants",
+            ],
+        }
+        for i in range(3)
+    ]
+    frame, report = ingest_metadata(write_raw("meta_gift.json.gz", lines), {})
+    assert _rows(frame)["G0"]["categories"] == ["Gift Cards", "Restaurants"]
+    assert report["labels"]["dropped"] == {"sentence": 6} and report["labels"]["kept_distinct"] == 2
+    assert report["labels"]["dropped_examples"] == {
+        "No expiration, no fees.": 3,
+        "Redeemable online. Not for resale": 3,
+    }
+    off = {"metadata": {"labels": {"max_words": 0, "max_chars": 0, "drop_sentences": False, "stop_list": []}}}
+    frame, _ = ingest_metadata(write_raw("meta_gift2.json.gz", lines), off)
+    assert len(_rows(frame)["G0"]["categories"]) == 4

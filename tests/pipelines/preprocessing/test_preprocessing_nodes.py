@@ -348,6 +348,12 @@ def test_dataset_statistics_table_and_funnel():
     assert "| #Avg. Actions/Item | 4.0 |" in table
     assert "| #Interactions | 12 |" in table
     assert "| date_window | 12 | 4 | 3 | 1 |" in table
+    assert "## Category labels" not in table  # no ingestion report: no section
+    labels = {"kept_distinct": 2, "dropped": {"sentence": 6}, "dropped_examples": {"No fees.": 6}}
+    report = {"files": {"metadata": {"labels": labels}}}
+    stats, table = build_dataset_statistics(c1, c2, c3, c4, c5, c6, kcore, "Toy", report)
+    assert stats["category_labels"] == labels
+    assert "2 distinct labels kept" in table and "| sentence | 6 |" in table and "'No fees.' (6)" in table
 
 
 @settings(max_examples=100, deadline=None)

@@ -19,7 +19,14 @@ from maf_pipeline.pipelines import preprocessing, sequences
 
 ROOT = Path(__file__).resolve().parents[3]
 # image candidates and verified images come from the features pipeline (list_image_candidates, acquire_images)
-PIPELINE_INPUTS = {"interactions", "items", "image_candidates", "image_availability", "text_embeddings"}
+PIPELINE_INPUTS = {
+    "interactions",
+    "items",
+    "image_candidates",
+    "image_availability",
+    "text_embeddings",
+    "ingestion_report",  # its category-label counts go into dataset_statistics.md
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +81,7 @@ def synthetic_inputs(seed: int = 0) -> dict[str, pd.DataFrame]:
         "items": meta,
         "image_candidates": candidates,
         "image_availability": availability,
+        "ingestion_report": {"files": {"metadata": {"labels": {"kept_distinct": 6, "dropped": {}}}}},
     }
 
 

@@ -269,7 +269,9 @@ def _scaled_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
             scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
     else:
         peak = int(values.max()) if values.size else 0
-        bits = 16 if mode.startswith("I;16") or peak <= 65535 else peak.bit_length()  # "I" holds 16-bit PNGs too
+        bits = (
+            16 if mode.startswith("I;16") or peak <= 65535 else peak.bit_length()
+        )  # "I" holds 16-bit PNGs too
         scaled = np.clip(values, 0, None) * (255.0 / (2**bits - 1))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 

@@ -11,6 +11,7 @@ import html
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -165,6 +166,39 @@ def clean_path(labels: Iterable[str | None]) -> list[str]:
         if cleaned and cleaned not in out:
             out.append(cleaned)
     return out
+
+
+_SENTENCE_RE = re.compile(r"""(\w[.!?]["')\]]*$)|(\w[.!?]\s+\S)""")
+
+
+def label_drop_reason(label: str, rule: dict[str, Any]) -> str | None:
+    """Why a category label is not a category (``None``: it is one): on the stop list, longer than
+    ``max_words`` words or ``max_chars`` characters, or a sentence (``drop_sentences``: it ends with, or holds
+    after a word, ``.``, ``!`` or ``?``). Real metadata puts marketing copy such as "No expiration, no fees."
+    into category lists, where it would crowd out the real label."""
+    folded = label.casefold()
+    if folded in {unicodedata.normalize("NFC", str(s)).casefold() for s in rule.get("stop_list") or ()}:
+        return "stop_list"
+    if (rule.get("max_words") and len(label.split()) > int(rule["max_words"])) or (
+        rule.get("max_chars") and len(label) > int(rule["max_chars"])
+    ):
+        return "too_long"
+    if rule.get("drop_sentences") and _SENTENCE_RE.search(label):
+        return "sentence"
+    return None
+
+
+def split_labels(path: Sequence[str], rule: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The labels of ``path`` that are categories, and the others with the reason each was dropped."""
+    kept: list[str] = []
+    dropped: list[tuple[str, str]] = []
+    for label in path:
+        reason = label_drop_reason(label, rule)
+        if reason is None:
+            kept.append(label)
+        else:
+            dropped.append((label, reason))
+    return kept, dropped
 
 
 CATEGORY_PATHS = ("all", "longest")

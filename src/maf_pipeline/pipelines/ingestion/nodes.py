@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
         "max_category_labels": 50,
         "max_image_urls": 20,
         "category_paths": "all",
+        "labels": {"max_words": 8, "max_chars": 80, "drop_sentences": True, "stop_list": []},
         "upgrade_thumbnails": True,
         "main_category_fallback": False,
         "include_features": False,
@@ -135,7 +136,7 @@ def ingest_metadata(
             id_fields=(METADATA_ID[raw.format],),
             invalid_utf8=cfg["invalid_utf8"],
         )
-        categories_cache: dict[tuple, list[str]] = {}
+        categories_cache: dict[tuple, tuple[list[str], list[tuple[str, str]]]] = {}
         for piece in raw.pieces(parser):
             table, skipped = metadata_rows(piece, raw.format, meta_cfg, stats, rows, categories_cache, wanted)
             rows += table.num_rows
@@ -154,6 +155,7 @@ def ingest_metadata(
             "records_of_unreviewed_items": not_reviewed,
         },
         capped=dict(stats.capped),
+        labels=label_report(items, stats),
         items_with={
             "text": count_true(pc.not_equal(items["text"], "")),
             "categories": count_true(pc.greater(pc.list_value_length(items["categories"]), 0)),
@@ -163,6 +165,16 @@ def ingest_metadata(
     )
     # self_destruct: each Arrow column is freed once converted (a peak of one copy, not two)
     return items.to_pandas(self_destruct=True, split_blocks=True), report
+
+
+def label_report(items: pa.Table, stats: ParseStats) -> dict[str, Any]:
+    """Distinct category labels kept, label occurrences dropped as not categories (by reason), examples."""
+    kept = pc.unique(pc.list_flatten(items["categories"])) if items.num_rows else []
+    return {
+        "kept_distinct": len(kept),
+        "dropped": dict(stats.labels_dropped),
+        "dropped_examples": dict(list(stats.dropped_label_examples.items())[:20]),
+    }
 
 
 def is_atomic_file(source: RawSource, *suffixes: str) -> bool:

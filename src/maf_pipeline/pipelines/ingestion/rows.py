@@ -17,6 +17,7 @@ from .cleaning import (
     join_list,
     join_text,
     merge_paths,
+    split_labels,
 )
 from .formats import METADATA_ID, ReviewFormat
 from .stream import ParseStats, Piece
@@ -146,7 +147,7 @@ def metadata_rows(
     cfg: dict[str, Any],
     stats: ParseStats,
     row_offset: int,
-    categories_cache: dict[tuple, list[str]],
+    categories_cache: dict[tuple, tuple[list[str], list[tuple[str, str]]]],
     wanted_ids: frozenset[str] | None = None,
 ) -> tuple[pa.Table, int]:
     """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score).
@@ -203,13 +204,19 @@ def metadata_rows(
     text = join_text(parts)
     mains = main_category.to_pylist() if main_category is not None else None
     categories = []
+    rule = cfg.get("labels") or {}
     for i, labels in enumerate(raw_categories):
         key = tuple(labels or ())
-        path = categories_cache.get(key)
-        if path is None:
+        cached = categories_cache.get(key)
+        if cached is None:
             if len(categories_cache) > 100_000:
                 categories_cache.clear()
-            path = categories_cache[key] = clean_path(key)
+            cached = categories_cache[key] = split_labels(clean_path(key), rule)
+        path, dropped = cached
+        for label, reason in dropped:
+            stats.labels_dropped[reason] += 1
+            if len(stats.dropped_label_examples) < 20 or label in stats.dropped_label_examples:
+                stats.dropped_label_examples[label] = stats.dropped_label_examples.get(label, 0) + 1
         if not path and cfg["main_category_fallback"] and mains and mains[i]:
             path = clean_path([mains[i]])
         categories.append(path)

@@ -305,6 +305,9 @@ class ParseStats:
     field_values: dict[str, list[Any]] = field(default_factory=dict)
     # records whose field was cut to its size bound (ingestion.metadata.max_*): a 52 MB description, ...
     capped: Counter = field(default_factory=Counter)
+    # category labels dropped as not categories (ingestion.metadata.labels), per reason, and a few of them
+    labels_dropped: Counter = field(default_factory=Counter)
+    dropped_label_examples: dict[str, int] = field(default_factory=dict)
 
     def bad_field(self, reason: str, name: str, count: int, values: Iterable[Any] = ()) -> None:
         """Attribute ``count`` lines skipped for ``reason`` to field ``name``; keep a few of its values."""

@@ -446,9 +446,11 @@ def build_dataset_statistics(
     stage_counts_images: dict[str, Any],
     kcore_interactions: pd.DataFrame,
     dataset_name: str,
+    ingestion_report: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Table-1-style statistics of the final data (#Users, #Items, average actions, #Interactions) plus the
-    per-stage funnel, as a JSON-able dict and a Markdown table for ``data/08_reporting``.
+    per-stage funnel, as a JSON-able dict and a Markdown table for ``data/08_reporting``; with the ingestion
+    report, also the category labels kept and those dropped as not categories.
     """
     c = _counts(kcore_interactions)
     table = {
@@ -498,4 +500,28 @@ def build_dataset_statistics(
         f"{f['removed_interactions']:,} |"
         for f in funnel
     ]
+    labels = (((ingestion_report or {}).get("files") or {}).get("metadata") or {}).get("labels")
+    if labels:
+        stats["category_labels"] = labels
+        lines += _label_lines(labels)
     return stats, "\n".join(lines) + "\n"
+
+
+def _label_lines(labels: dict[str, Any]) -> list[str]:
+    """The Markdown section on category labels kept and dropped (ingestion.metadata.labels)."""
+    dropped = labels.get("dropped") or {}
+    lines = [
+        "",
+        "## Category labels",
+        "",
+        f"{labels['kept_distinct']:,} distinct labels kept; label occurrences dropped as not categories "
+        "(ingestion.metadata.labels):",
+        "",
+        "| reason | occurrences |",
+        "|---|---:|",
+    ]
+    lines += [f"| {reason} | {count:,} |" for reason, count in sorted(dropped.items())] or ["| none | 0 |"]
+    examples = labels.get("dropped_examples") or {}
+    if examples:
+        lines += ["", "Dropped, e.g.: " + "; ".join(f"{label!r} ({n:,})" for label, n in examples.items())]
+    return lines

@@ -96,6 +96,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "stage_counts_images",
                     "kcore_interactions",
                     "params:preprocessing.dataset_name",
+                    "ingestion_report",
                 ],
                 outputs=["dataset_statistics", "dataset_statistics_table"],
                 name="build_dataset_statistics",
