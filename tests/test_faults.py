@@ -784,7 +784,17 @@ def test_uis_listen_on_loopback_only():
 
 
 # ----------------------------------------------------------------------------- property-based ingestion
-CORRUPTIONS = ("valid", "valid_bad_bytes_unread", "bad_json", "bad_utf8_id", "wrong_type", "missing_field")
+# valid_decomposed_id: a user id spelled with a combining accent (NFD) arrives byte-exact: ids are keys into
+# the user's own systems, so they are never Unicode-normalised (labels and texts are)
+CORRUPTIONS = (
+    "valid",
+    "valid_bad_bytes_unread",
+    "valid_decomposed_id",
+    "bad_json",
+    "bad_utf8_id",
+    "wrong_type",
+    "missing_field",
+)
 EXPECTED_REASON = {
     "bad_json": "malformed",
     "bad_utf8_id": "bad_encoding",
@@ -793,10 +803,16 @@ EXPECTED_REASON = {
 }
 
 
+def _user(i: int, kind: str) -> str:
+    return f"U{i:05d}" + ("Re\u0301" if kind == "valid_decomposed_id" else "")
+
+
 def _line(i: int, kind: str, variant: int) -> bytes:
     record = review(i, user=f"U{i:05d}")
     if kind == "valid_bad_bytes_unread":
         return encoded(record).replace(b"nice fabric", b"nice f\xe4\xff bric")
+    if kind == "valid_decomposed_id":
+        record["reviewerID"] = _user(i, kind)
     if kind == "bad_json":
         text = encoded(record)
         return [text[: len(text) // 2], b"[1, 2, 3]", b"not json at all", b"{'a': 1"][variant % 4]
@@ -837,7 +853,7 @@ def test_exactly_the_valid_lines_arrive_and_the_skips_add_up(kinds, gzipped, pad
         frame, report = ingest_reviews(source, {**LENIENT, **SMALL_BLOCKS}, None)
     valid = [i for i, (kind, _) in enumerate(kinds) if kind.startswith("valid")]
     assert frame["item_id"].tolist() == [f"B{i:09d}" for i in valid]
-    assert frame["user_id"].tolist() == [f"U{i:05d}" for i in valid]
+    assert frame["user_id"].tolist() == [_user(i, kinds[i][0]) for i in valid]
     assert_valid_utf8(frame)
     expected = Counter(EXPECTED_REASON[k] for k, _ in kinds if k in EXPECTED_REASON)
     assert report["skipped"] == {r: expected.get(r, 0) for r in report["skipped"]}

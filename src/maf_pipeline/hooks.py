@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro.framework.project import PACKAGE_NAME
 from kedro.utils import find_kedro_project
 
 logger = logging.getLogger(__name__)
@@ -123,6 +124,91 @@ class ParameterSchemaHook:
 
         validate_parameters(catalog.load("parameters"))
         check_inputs(pipeline, catalog, dict(pipelines))
+
+
+class MlflowStoreHook:
+    """Creates the SQLite tracking store and the run's experiment under a file lock, before kedro-mlflow
+    touches them: two runs started together on a fresh store otherwise both create its tables (one fails
+    with "table experiments already exists") or both create the experiment ("UNIQUE constraint failed")."""
+
+    @hook_impl(tryfirst=True)  # before kedro-mlflow's after_context_created sets the store up
+    def after_context_created(self, context: Any) -> None:
+        """Initialise a local SQLite store and its experiment once, under ``<mlflow.db>.lock``."""
+        try:
+            loader = context.config_loader
+            loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+            conf = loader["mlflow"]
+        except Exception:
+            return
+        uri = str(((conf.get("server") or {}).get("mlflow_tracking_uri")) or "")
+        if not uri.startswith("sqlite:///"):
+            return
+        experiment = (conf.get("tracking") or {}).get("experiment") or {}
+        name = experiment.get("name") or PACKAGE_NAME  # kedro-mlflow's default: the package's name
+        location = (experiment.get("create_experiment_kwargs") or {}).get("artifact_location")
+        prepare_sqlite_store(uri, name, location)
+
+
+def prepare_sqlite_store(uri: str, experiment: str | None, artifact_location: str | None) -> None:
+    """The store's tables and ``experiment`` created by one process at a time (waits up to 120 s)."""
+    from mlflow.tracking import MlflowClient
+
+    from maf_pipeline.locks import FolderLock
+
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    with FolderLock(db, 120, "MLflow tracking store", None):
+        client = MlflowClient(tracking_uri=uri)  # creates the tables of a new store
+        if experiment and client.get_experiment_by_name(experiment) is None:
+            if artifact_location and "://" not in artifact_location:  # as kedro-mlflow gives it: a URI
+                artifact_location = Path(artifact_location).resolve().as_uri()
+            client.create_experiment(experiment, artifact_location=artifact_location)
+
+
+class RunLockHook:
+    """One ``kedro run`` at a time per data folder: two runs writing the same catalog files would corrupt
+    them. The lock (``<data_dir>.lock``, see :mod:`maf_pipeline.locks`) is taken before the first node and
+    before the MLflow run starts, and released when the run ends or fails; a second run fails at once naming
+    the first (pid, command, start time) or waits ``run.lock_wait_s`` seconds. A killed run's lock is taken
+    over. Environments with their own ``data_dir`` (``conf/<env>/globals.yml``) lock their own folder."""
+
+    def __init__(self) -> None:
+        self._folder: Path | None = None
+        self._lock: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        """Remember the run's data folder (``globals.data_dir``, relative to the project)."""
+        try:
+            data_dir = context.config_loader["globals"].get("data_dir", "data")
+        except Exception:
+            data_dir = "data"
+        self._folder = Path(context.project_path) / str(data_dir)
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        """Take the data folder's lock (``FolderLockedError`` naming the holder when it is busy)."""
+        from maf_pipeline.locks import FolderLock
+
+        if self._folder is None or self._lock is not None or int(os.environ.get("RANK", "0")) != 0:
+            return  # under torchrun the ranks are one run: rank 0 holds the lock (and alone writes)
+        params = catalog.load("parameters") if catalog.exists("parameters") else {}
+        wait_s = (params.get("run") or {}).get("lock_wait_s", 0)
+        self._lock = FolderLock(self._folder, wait_s, "the project data folder", "run.lock_wait_s").acquire()
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        """Release the lock."""
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline: Any, catalog: Any):
+        """Release the lock of a failed run."""
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 class RunInterrupted(SystemExit):

@@ -397,6 +397,10 @@ class Compare(Block):
     grid: Grid = Grid()
 
 
+class Run(Block):
+    lock_wait_s: NonNegativeFloat | None = 0
+
+
 # ----------------------------------------------------------------------- tune
 class Pruner(Block):
     type: Literal["median", "percentile", "none"] = "median"
@@ -437,6 +441,7 @@ BLOCKS: dict[str, Any] = {
     "serving": Serving,
     "compare": Compare,
     "tune": Tune,
+    "run": Run,
 }
 
 
@@ -456,6 +461,7 @@ class Parameters(Block):
     serving: Serving = Serving()
     compare: Compare = Compare()
     tune: Tune = Tune()
+    run: Run = Run()
 
 
 def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:

@@ -8,8 +8,16 @@ from typing import Any
 
 from .embeddings import EmbeddingFileDataset, ItemEmbeddings
 from .raw_file import RawFileDataset, RawSource
+from .study_storage import StudyStorageDataset
 
-__all__ = ["EmbeddingFileDataset", "ItemEmbeddings", "RawFileDataset", "RawSource", "SafetensorsDataset"]
+__all__ = [
+    "EmbeddingFileDataset",
+    "ItemEmbeddings",
+    "RawFileDataset",
+    "RawSource",
+    "SafetensorsDataset",
+    "StudyStorageDataset",
+]
 
 
 def __getattr__(name: str) -> Any:

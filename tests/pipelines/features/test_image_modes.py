@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from maf_pipeline.pipelines.features.encoders import decode_rgb
@@ -95,3 +97,24 @@ def test_exif_orientation_is_applied():
     assert out.shape == (3, 2, 3)
     np.testing.assert_array_equal(out[0, 1], [255, 0, 0])  # top-left goes to top-right when turned 90 cw
     assert not out[0, 0].any()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    levels=st.lists(st.integers(0, 65535), min_size=1, max_size=24),
+    as_float=st.booleans(),
+)
+def test_any_16_bit_or_unit_float_picture_decodes_to_its_scaled_levels(levels, as_float):
+    """Property: every 16-bit level v decodes to round(v * 255 / 65535), every float level f in [0, 1] to
+    round(255 f) (float pictures here are levels / 65535), on all three channels."""
+    values = np.array(levels, dtype=np.uint16).reshape(1, -1)
+    if as_float:
+        img = Image.fromarray((values / 65535.0).astype(np.float32), mode="F")
+        data = _bytes(img, "TIFF")
+        expected = np.rint(values.astype(np.float32) / 65535.0 * np.float32(255.0))
+    else:
+        data = _bytes(Image.fromarray(values))
+        expected = np.rint(values * (255.0 / 65535.0))
+    out = _pixels(data)
+    for channel in range(3):
+        np.testing.assert_allclose(out[..., channel], expected, atol=1 if as_float else 0)

@@ -44,8 +44,8 @@ def test_every_dataset_is_in_the_catalog_with_a_layer():
     for name in (pipeline.all_inputs() | pipeline.all_outputs()) - {"params:ingestion", "params:date_window"}:
         assert name in catalog, name
         assert catalog[name]["metadata"]["kedro-viz"]["layer"], name
-    assert catalog["interactions"]["type"] == "pandas.ParquetDataset"
-    assert catalog["items"]["type"] == "pandas.ParquetDataset"
+    assert catalog["interactions"]["type"] == "maf_pipeline.datasets.atomic.ParquetDataset"
+    assert catalog["items"]["type"] == "maf_pipeline.datasets.atomic.ParquetDataset"
     params = _conf("parameters_ingestion.yml")["ingestion"]
     assert params["format"] == "auto"
     assert params["max_bad_fraction"] == 0.01

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from maf_pipeline.datasets import StudyStorageDataset
 from maf_pipeline.pipelines.tune import create_pipeline
 from maf_pipeline.pipelines.tune.nodes import run_study, study_reports
-from maf_pipeline.pipelines.tune.stores import StudyStorageDataset
 from tests.conftest import REPO, kedro
 from tests.models.synthetic import make_features, make_sequences, one_torch_thread, tiny_maf_params  # noqa: F401
 
