@@ -232,8 +232,16 @@ def test_recommender_refuses_a_bad_k(recommender: Recommender, k: Any) -> None:
 # --------------------------------------------------------------------------------------------------- 11.11
 @pytest.mark.slow
 def test_a_failing_run_ends_its_mlflow_run_as_failed(tmp_path: Path, mlflow_dir: Path) -> None:
-    project = copy_project(tmp_path / "project")  # no trained model: the recommend node cannot load it
+    project = copy_project(tmp_path / "project")
+    # no trained model: the run fails before its first node and any MLflow run, naming what is missing
     proc = kedro_run(project, "--pipelines=recommend", "--env=sample")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "dataset 'maf.trained_model'" in out and "node 'maf.train_model'" in out
+    assert project_runs(mlflow_dir, project) == []
+    # a node that fails: the MLflow run ends as FAILED
+    raw = project / "data" / "01_raw" / "sample" / "Clothing_Shoes_and_Jewelry_sample.json.gz"
+    raw.write_bytes(b"\x1f\x8b not really gzip")
+    proc = kedro_run(project, "--pipelines=data", "--env=sample")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out
     (run,) = project_runs(mlflow_dir, project)

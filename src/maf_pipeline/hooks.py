@@ -28,6 +28,7 @@ import math
 import os
 import re
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -146,7 +147,53 @@ class MlflowStoreHook:
         experiment = (conf.get("tracking") or {}).get("experiment") or {}
         name = experiment.get("name") or PACKAGE_NAME  # kedro-mlflow's default: the package's name
         location = (experiment.get("create_experiment_kwargs") or {}).get("artifact_location")
+        busy_s = ((context.params or {}).get("run") or {}).get("mlflow_busy_timeout_s", 60)
+        wait_for_sqlite_store(uri, busy_s)
         prepare_sqlite_store(uri, name, location)
+
+
+_SQLITE_BUSY_MS = {"value": 60_000}  # PRAGMA busy_timeout of this process's SQLite connections
+
+
+def _sqlite_busy_timeout(dbapi_connection: Any, record: Any) -> None:
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS['value']}")
+
+
+class MlflowStoreLockedError(RuntimeError):
+    """The SQLite tracking store stayed locked by another process's write transaction past the timeout."""
+
+
+def wait_for_sqlite_store(uri: str, timeout_s: float | None) -> None:
+    """Make every SQLite connection of this process wait ``timeout_s`` seconds for a lock held by another
+    process (``PRAGMA busy_timeout``; SQLite's default is 5 s, after which MLflow failed with a raw
+    "database is locked"), then wait that long for the store to be writable now, or fail naming it."""
+    import sqlite3
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    ms = int(1000 * (timeout_s if timeout_s is not None else 24 * 3600))
+    _SQLITE_BUSY_MS["value"] = ms
+    if not event.contains(Engine, "connect", _sqlite_busy_timeout):
+        event.listen(Engine, "connect", _sqlite_busy_timeout)
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if not db.exists():
+        return
+    connection = sqlite3.connect(db, timeout=ms / 1000, isolation_level=None)
+    try:
+        connection.execute("BEGIN IMMEDIATE")  # waits for another writer's transaction to end
+        connection.execute("ROLLBACK")
+    except sqlite3.OperationalError as error:
+        raise MlflowStoreLockedError(
+            f"MLflow tracking store {db} is locked by another process ({error}) and stayed locked for "
+            f"{ms / 1000:g} s (run.mlflow_busy_timeout_s). Wait for that process (an `mlflow ui` or another "
+            "run writing) or raise run.mlflow_busy_timeout_s."
+        ) from None
+    finally:
+        connection.close()
 
 
 def prepare_sqlite_store(uri: str, experiment: str | None, artifact_location: str | None) -> None:
@@ -211,6 +258,33 @@ class RunLockHook:
             self._lock = None
 
 
+def fail_orphaned_runs(uri: str, experiment_id: str, current: str) -> list[str]:
+    """Mark FAILED the RUNNING runs of ``experiment_id`` whose process (tags ``maf.pid`` on ``maf.host``, this
+    host) is gone: a run killed with SIGKILL cannot end its MLflow run, which stayed RUNNING for ever."""
+    from mlflow.tracking import MlflowClient
+
+    from maf_pipeline.locks import pid_alive
+
+    client = MlflowClient(uri)
+    host, failed = socket.gethostname(), []
+    for stale in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=200):
+        tags = stale.data.tags
+        pid = tags.get("maf.pid")
+        if stale.info.run_id == current or tags.get("maf.host") != host or not (pid or "").isdigit():
+            continue
+        if pid_alive(int(pid)):
+            continue
+        note = f"process {pid} ended without closing this run (killed); marked FAILED by run {current}"
+        client.set_tag(stale.info.run_id, "maf.note", note)
+        client.set_terminated(stale.info.run_id, "FAILED")
+        failed.append(stale.info.run_id)
+    if failed:
+        logger.warning(
+            "MLflow runs %s of processes that are gone (killed) were RUNNING: marked FAILED", failed
+        )
+    return failed
+
+
 class RunInterrupted(SystemExit):
     """Raised in the main thread on SIGTERM, so the run unwinds (and its MLflow run is ended as KILLED)."""
 
@@ -254,6 +328,11 @@ class MlflowReportingHook:
         if run is None:
             return
         self._run = (mlflow.get_tracking_uri(), run.info.run_id)
+        try:
+            mlflow.set_tags({"maf.pid": str(os.getpid()), "maf.host": socket.gethostname()})
+            fail_orphaned_runs(mlflow.get_tracking_uri(), run.info.experiment_id, run.info.run_id)
+        except Exception:  # tracking must never fail a pipeline run
+            logger.warning("could not check the store for runs of killed processes", exc_info=True)
         if threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupted)
         if not self._exit_handler:  # runs before MLflow's own exit handler (which would mark it FINISHED)

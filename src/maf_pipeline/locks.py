@@ -42,7 +42,8 @@ def lock_path(folder: str | os.PathLike) -> Path:
     return folder.with_name(folder.name + ".lock")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -134,7 +135,7 @@ class FolderLock:
                 continue
             previous = _read_holder(fd)
             same_host = previous.get("host") == socket.gethostname()
-            if previous.get("pid") and same_host and not _pid_alive(int(previous["pid"])):
+            if previous.get("pid") and same_host and not pid_alive(int(previous["pid"])):
                 logger.warning(
                     "%s %s: taking over the stale lock of pid %s, which is no longer running",
                     *(self.what, self.folder, previous["pid"]),

@@ -399,6 +399,7 @@ class Compare(Block):
 
 class Run(Block):
     lock_wait_s: NonNegativeFloat | None = 0
+    mlflow_busy_timeout_s: NonNegativeFloat | None = 60
 
 
 # ----------------------------------------------------------------------- tune

@@ -200,7 +200,9 @@ class RunProfileHook:
         row["output_bytes"] = sum(i["bytes"] or 0 for i in row.get("outputs", {}).values()) or None
         self._nodes.append(row)
         keys = ("wall_s", "cpu_s", "peak_rss_mb", "rows_out", "output_bytes")
-        _log_metrics({metric_key("profile", name, k): float(row[k]) for k in keys if row.get(k) is not None})
+        metrics = {metric_key("profile", name, k): float(row[k]) for k in keys if row.get(k) is not None}
+        if not _log_metrics(metrics):  # kept in the run profile instead, never lost silently
+            self._extra.setdefault("mlflow_unlogged_metrics", {}).update(metrics)
 
     @hook_impl
     def after_pipeline_run(self) -> None:
@@ -255,13 +257,21 @@ def _sum_rows(values: dict[str, Any]) -> int | None:
     return sum(counts) if counts else None
 
 
-def _log_metrics(metrics: dict[str, float]) -> None:
+def _log_metrics(metrics: dict[str, float]) -> bool:
+    """Log to the active MLflow run (its store waits ``run.mlflow_busy_timeout_s`` for a lock); False when
+    that failed: the caller keeps the metrics in the run profile and this says so."""
     if not metrics:
-        return
+        return True
     try:
         import mlflow
 
         if mlflow.active_run() is not None:
             mlflow.log_metrics(metrics)
-    except Exception:  # tracking must never fail a run
-        logger.warning("could not log the node profile to MLflow", exc_info=True)
+        return True
+    except Exception as error:  # tracking must never fail a run
+        logger.warning(
+            "could not log %d node profile metrics to MLflow (%s: %s); they are kept in the run profile "
+            "under mlflow_unlogged_metrics",
+            len(metrics), type(error).__name__, str(error).splitlines()[0][:200],
+        )  # fmt: skip
+        return False
