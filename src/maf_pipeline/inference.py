@@ -32,13 +32,6 @@ def load_model(artifact: dict[str, Any], features: dict[str, torch.Tensor] | Non
     return model_from_artifact(artifact, features).eval()
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    return torch.device(
-        "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
-    )
-
-
 def user_histories(
     train_sequences: pd.DataFrame, valid_sequences: pd.DataFrame, test_sequences: pd.DataFrame
 ) -> dict[int, np.ndarray]:

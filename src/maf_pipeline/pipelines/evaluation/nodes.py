@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from maf_pipeline.devices import resolve_device
 from maf_pipeline.metrics import metric_values, rank_targets, sample_negatives, summarize
 from maf_pipeline.models import Popularity, feature_tables, model_from_artifact
 
@@ -22,12 +23,6 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("full", "sampled")
 SPLITS = ("valid", "test")
-
-
-def _device(name: str) -> torch.device:
-    return torch.device(
-        "cuda" if name == "auto" and torch.cuda.is_available() else name.replace("auto", "cpu")
-    )
 
 
 def evaluate_scorer(
@@ -46,7 +41,7 @@ def evaluate_scorer(
     if protocol not in PROTOCOLS:
         raise ValueError(f"evaluation.protocol must be one of {PROTOCOLS}, got {protocol!r}")
     mask_history = bool(p.get("mask_history", False))
-    device = _device(p.get("device", "auto"))
+    device = resolve_device(p.get("device", "auto"))
     scorer = scorer.to(device)
     train_items = dict(zip(train_sequences["user_idx"], train_sequences["items"], strict=True))
     valid_target = dict(zip(valid_sequences["user_idx"], valid_sequences["target"], strict=True))

@@ -120,13 +120,6 @@ def loud_warning(message: str) -> None:
     logger.warning("\n%s\nFEATURES FALLBACK: %s\n%s", bar, message, bar)
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` = CUDA when present, else CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Mixed precision for inference: ``fp32`` (off), ``fp16`` or ``bf16`` autocast on the device."""
     if precision == "fp32":

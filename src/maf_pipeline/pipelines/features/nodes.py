@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from maf_pipeline.datasets.embeddings import ItemEmbeddings
+from maf_pipeline.devices import resolve_device
 from maf_pipeline.locks import folder_lock
 from maf_pipeline.progress import progress
 
@@ -32,7 +33,6 @@ from .encoders import (
     image_feature_dim,
     image_transform,
     length_sorted_batches,
-    pick_device,
     pool,
     resolve_image_weights,
     resolve_text_weights,
@@ -259,7 +259,7 @@ def encode_images(
     if lost:
         logger.warning("%d items marked has_image are not in the image store (treated as missing)", lost)
     choice = resolve_image_weights(params)
-    device = pick_device(params["device"])
+    device = resolve_device(params["device"])
     dtype = _storage_dtype(params["storage_dtype"])
     settings = {
         "encoder": "vgg-fc7",
@@ -391,7 +391,7 @@ def encode_texts(
     fingerprints = {i: _fingerprint(texts[i]) for i in item_ids if i in texts}
     choice = resolve_text_weights(params)
     used = effective_text_settings(params, choice)
-    device = pick_device(params["device"])
+    device = resolve_device(params["device"])
     dtype = _storage_dtype(params["storage_dtype"])
     settings = {
         "encoder": "transformer",

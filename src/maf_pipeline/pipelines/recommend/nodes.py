@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from maf_pipeline.devices import resolve_device
 from maf_pipeline.inference import (
     check_k,
     load_model,
     recommendation_frame,
-    resolve_device,
     top_k,
     user_histories,
 )

@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from maf_pipeline.devices import resolve_device
 from maf_pipeline.locks import atomic_write, folder_lock
 from maf_pipeline.metrics import pad_right, rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
@@ -74,13 +75,6 @@ def training_windows(
         else:
             targets[w, b - a - 1] = seq[b]
     return inputs, targets
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
