@@ -350,8 +350,8 @@ def main() -> None:
     if args.from_runs:
         runs = pd.concat([pd.read_csv(path) for path in args.from_runs], ignore_index=True)
         runs = runs.drop_duplicates(["variant", "seed", "protocol", "split", "metric"])  # Pop in several
-        readme = environment(args.env)[2] if args.env else args.data.parent / "README.md"
-        metrics = environment(args.env)[0]["compare"]["metrics"] if args.env else METRICS
+        params, _, readme = environment(args.env) if args.env else ({}, None, args.data.parent / "README.md")
+        metrics = params["compare"]["metrics"] if args.env else METRICS
         print(f"{args.env or args.data.name}: runs from {', '.join(p.name for p in args.from_runs)}")
         print_tables(runs, published_rows(readme), metrics)
         return
