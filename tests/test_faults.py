@@ -735,6 +735,38 @@ def test_concurrent_writers_of_one_artifact(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 
 
+CONCURRENT_CATALOG_WRITES = """
+    import sys
+    import pandas as pd
+    from maf_pipeline.datasets.atomic import JSONDataset, ParquetDataset
+    n = int(sys.argv[3])
+    frame = pd.DataFrame({"writer": [sys.argv[2]] * 50_000, "x": range(50_000)})
+    for _ in range(n):
+        ParquetDataset(filepath=sys.argv[1]).save(frame)
+        JSONDataset(filepath=sys.argv[1] + ".json").save({"writer": sys.argv[2], "x": list(range(20_000))})
+"""
+
+
+def test_concurrent_writers_and_a_reader_of_catalog_datasets(tmp_path):
+    """Three processes saving the same Parquet and JSON artifacts through the catalog's dataset types while
+    this one reads them: every read is a whole file of one writer, and no temporary file is left."""
+    import json
+
+    target = tmp_path / "interactions.parquet"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    code = textwrap.dedent(CONCURRENT_CATALOG_WRITES)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target), w, "15"], env=env) for w in "abc"]
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        if target.exists():
+            frame = pd.read_parquet(target)  # a torn file: "magic bytes not found" / "file size is 0 bytes"
+            assert len(frame) == 50_000 and frame["writer"].nunique() == 1
+            assert json.loads(Path(str(target) + ".json").read_text())["x"][-1] == 19_999
+            reads += 1
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0] and reads > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["interactions.parquet", "interactions.parquet.json"]
+
+
 # ----------------------------------------------------------------------------------------- file modes
 def test_artifacts_follow_the_umask(tmp_path):
     previous = os.umask(0o022)

@@ -38,7 +38,7 @@ class _AtomicSave:
         return self._atomic_tmp or super()._get_save_path()  # type: ignore[misc]
 
     def save(self, data: Any) -> None:
-        if getattr(self, "_protocol", "file") not in ("file", "local") or isinstance(data, list | dict):
+        if getattr(self, "_protocol", "file") not in ("file", "local"):
             return super().save(data)  # type: ignore[misc]
         target = super()._get_save_path()  # type: ignore[misc]
         os.makedirs(os.path.dirname(get_filepath_str(target, "file")) or ".", exist_ok=True)
