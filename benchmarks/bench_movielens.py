@@ -40,7 +40,7 @@ from maf_pipeline.pipelines.evaluation.nodes import evaluate_scorer
 from maf_pipeline.pipelines.features.nodes import encode_categories, encode_texts
 from maf_pipeline.pipelines.ingestion.interaction_formats import ingest_interaction_files
 from maf_pipeline.pipelines.sequences.nodes import build_id_maps, build_sequences
-from maf_pipeline.pipelines.training.nodes import train_model
+from maf_pipeline.training import train_model
 
 logger = logging.getLogger("bench_movielens")
 REPO = Path(__file__).resolve().parents[1]

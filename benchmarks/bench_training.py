@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from maf_pipeline.models import build_model
-from maf_pipeline.pipelines.training.nodes import fit, seed_everything, training_windows
+from maf_pipeline.training import fit, seed_everything, training_windows
 
 logger = logging.getLogger("bench_training")
 

@@ -50,8 +50,8 @@ from maf_pipeline.pipelines.features.safe_http import HostPolicy, RefusedAddress
 from maf_pipeline.pipelines.features.stores import CacheTable, FeatureCache, ImageFolder
 from maf_pipeline.pipelines.ingestion.nodes import ingest_metadata, ingest_reviews
 from maf_pipeline.pipelines.ingestion.stream import IngestionError
-from maf_pipeline.pipelines.training import nodes as training_nodes
-from maf_pipeline.pipelines.training.nodes import train_model
+from maf_pipeline.training import checkpoints as training_checkpoints
+from maf_pipeline.training import train_model
 from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -607,7 +607,7 @@ TRAIN = """
     import torch
     torch.set_num_threads(1)
     from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
-    from maf_pipeline.pipelines.training.nodes import train_model
+    from maf_pipeline.training import train_model
 
     params, mode = json.loads(sys.argv[1]), sys.argv[2]
     data, features = make_sequences(seed=3), make_features(30)
@@ -705,10 +705,10 @@ def test_checkpoint_temporary_names_are_unique(tmp_path, monkeypatch):
         seen.append(str(path))
         real_save(obj, path)
         if len(seen) == 1:  # another run saves the same checkpoint meanwhile
-            training_nodes.save_checkpoint({"run": torch.tensor(2)}, target)
+            training_checkpoints.save_checkpoint({"run": torch.tensor(2)}, target)
 
-    monkeypatch.setattr(training_nodes.torch, "save", save)
-    training_nodes.save_checkpoint({"run": torch.tensor(1)}, target)
+    monkeypatch.setattr(training_checkpoints.torch, "save", save)
+    training_checkpoints.save_checkpoint({"run": torch.tensor(1)}, target)
     assert len(set(seen)) == 2 and all(re.search(rf"\.{os.getpid()}-[0-9a-f]{{8}}\.tmp$", s) for s in seen)
     assert torch.load(target, weights_only=True)["run"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
@@ -774,7 +774,7 @@ def test_artifacts_follow_the_umask(tmp_path):
         SafetensorsDataset(str(tmp_path / "model.safetensors")).save({"w": torch.zeros(3)})
         CacheTable(tmp_path / "cache").append(["a"], ["fp"], torch.zeros(1, 3))
         ImageFolder(str(tmp_path / "images"), writable=True).put("A", _png(4, 4), "png")
-        training_nodes.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "ckpt" / "checkpoint.pt")
+        training_checkpoints.save_checkpoint({"w": torch.zeros(3)}, tmp_path / "ckpt" / "checkpoint.pt")
         atomic_write(tmp_path / "plain.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
         pd.DataFrame({"a": [1]}).to_parquet(tmp_path / "table.parquet")
     finally:

@@ -2,7 +2,7 @@
 
 Every rank runs the same nodes with the same parameters; the training node joins the process group
 (``training.distributed: auto``) and trains one DistributedDataParallel model (see
-:func:`maf_pipeline.pipelines.training.nodes.fit`). :class:`RankZeroWritesHook` turns every dataset the run
+:func:`maf_pipeline.training.fit`). :class:`RankZeroWritesHook` turns every dataset the run
 produces into an in-memory one on ranks > 0 (they still compute, so collective calls line up, but write no
 file), and :func:`rank_mlflow_dir` sends their MLflow runs to a throw-away folder. Usage::
 

@@ -20,7 +20,7 @@ from maf_pipeline.models import (
     empty_modalities,
     model_from_artifact,
 )
-from maf_pipeline.pipelines.training.nodes import train_model
+from maf_pipeline.training import train_model
 
 from .synthetic import make_features, make_sequences
 

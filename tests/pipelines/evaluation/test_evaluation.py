@@ -10,7 +10,7 @@ import pytest
 
 from maf_pipeline.pipelines.evaluation.nodes import evaluate_model, evaluate_popularity
 from maf_pipeline.pipelines.evaluation.pipeline import create_model_pipeline, create_pipeline
-from maf_pipeline.pipelines.training.nodes import train_model
+from maf_pipeline.training import train_model
 from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
 
 REPO = Path(__file__).resolve().parents[3]

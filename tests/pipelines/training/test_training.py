@@ -10,13 +10,13 @@ import torch
 
 from maf_pipeline.metrics import pessimistic_rank
 from maf_pipeline.models import model_from_artifact
-from maf_pipeline.pipelines.training.nodes import (
+from maf_pipeline.pipelines.training.pipeline import create_model_pipeline, create_pipeline
+from maf_pipeline.training import (
     checkpoint_interval,
     epoch_order,
     train_model,
     training_windows,
 )
-from maf_pipeline.pipelines.training.pipeline import create_model_pipeline, create_pipeline
 from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
 
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from maf_pipeline.models import build_model
-from maf_pipeline.pipelines.training.nodes import (
+from maf_pipeline.training import (
     configure_training_loss,
     host_batch,
     to_device,

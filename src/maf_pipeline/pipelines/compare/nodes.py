@@ -1,6 +1,6 @@
 """Compare nodes: train models and MAF variants over a list of seeds with the shared training/evaluation code.
 
-Every run goes through :func:`maf_pipeline.pipelines.training.nodes.train_model` (same windows, early
+Every run goes through :func:`maf_pipeline.training.train_model` (same windows, early
 stopping, checkpoints) and :func:`maf_pipeline.pipelines.evaluation.nodes.evaluate_scorer` (same split,
 protocols and tie rule), so the comparison differs only in the model. A node returns its runs in long form,
 one row per (variant, seed, protocol, split, metric); the reporting nodes aggregate them over seeds.
@@ -34,7 +34,7 @@ from maf_pipeline.models import (
     model_from_artifact,
 )
 from maf_pipeline.pipelines.evaluation.nodes import evaluate_scorer
-from maf_pipeline.pipelines.training.nodes import train_model
+from maf_pipeline.training import train_model
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import pandas as pd
 
 from maf_pipeline.hooks import metric_key
 from maf_pipeline.pipelines.compare.nodes import deep_merge
-from maf_pipeline.pipelines.training.nodes import train_model
+from maf_pipeline.training import train_model
 
 logger = logging.getLogger(__name__)
 
