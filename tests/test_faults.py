@@ -758,10 +758,11 @@ def test_concurrent_writers_and_a_reader_of_catalog_datasets(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code, str(target), w, "15"], env=env) for w in "abc"]
     reads = 0
     while any(p.poll() is None for p in procs):
-        if target.exists():
+        document = Path(str(target) + ".json")
+        if target.exists() and document.exists():  # each is written first once the first writer got there
             frame = pd.read_parquet(target)  # a torn file: "magic bytes not found" / "file size is 0 bytes"
             assert len(frame) == 50_000 and frame["writer"].nunique() == 1
-            assert json.loads(Path(str(target) + ".json").read_text())["x"][-1] == 19_999
+            assert json.loads(document.read_text())["x"][-1] == 19_999
             reads += 1
     assert [p.wait(timeout=300) for p in procs] == [0, 0, 0] and reads > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["interactions.parquet", "interactions.parquet.json"]
