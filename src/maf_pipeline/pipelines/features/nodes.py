@@ -139,6 +139,66 @@ def _encode_with_cache(
         return _encode_cached(modality, item_ids, fingerprints, table, cache_params, encode, dim, dtype)
 
 
+def _encode_missing(
+    modality: str,
+    todo: list[str],
+    fingerprints: dict[str, str],
+    table: CacheTable | None,
+    cache_params: dict[str, Any],
+    encode: EncodeFn,
+    dtype: torch.dtype,
+) -> tuple[dict[str, torch.Tensor], list[str], float]:
+    """Encode ``todo`` batch by batch, appending every ``flush_every`` rows to the cache table (and the rest
+    when interrupted: finished rows are kept for the next run); the rows, the ids that failed, the seconds."""
+    rows: dict[str, torch.Tensor] = {}
+    failed: list[str] = []
+    pending: tuple[list[str], list[torch.Tensor]] = ([], [])
+    flush_every = int(cache_params["flush_every"])
+
+    def flush() -> None:
+        if table is not None and pending[0]:
+            table.append(pending[0], [fingerprints[i] for i in pending[0]], torch.cat(pending[1]))
+        pending[0].clear()
+        pending[1].clear()
+
+    start = time.perf_counter()
+    if not todo:
+        return rows, failed, 0.0
+    batches = encode(todo)  # loads the model: kept out of the measured time
+    start = time.perf_counter()
+    try:
+        with progress(total=len(todo), desc=f"{modality} features", unit="item") as bar:
+            for ids, feats, bad in batches:
+                feats = feats.to("cpu", dtype)
+                failed.extend(bad)
+                if ids:
+                    rows.update(zip(ids, feats, strict=True))
+                    pending[0].extend(ids)
+                    pending[1].append(feats)
+                if len(pending[0]) >= flush_every:
+                    flush()
+                bar.update(len(ids) + len(bad))
+    finally:  # also when interrupted: every finished row is kept for the next run
+        flush()
+    return rows, failed, time.perf_counter() - start
+
+
+def _assemble(
+    item_ids: Sequence[str], rows: dict[str, torch.Tensor], dim: Callable[[], int], dtype: torch.dtype
+) -> tuple[torch.Tensor, list[str]]:
+    """The ``(N + 1, dim)`` table in item_idx order (row 0 and rowless items zero) and the missing ids."""
+    width = next(iter(rows.values())).shape[0] if rows else dim()
+    features = torch.zeros(len(item_ids) + 1, width, dtype=dtype)
+    missing = []
+    for pos, item_id in enumerate(item_ids, start=1):
+        row = rows.get(item_id)
+        if row is None:
+            missing.append(item_id)
+        else:
+            features[pos] = row
+    return features, missing
+
+
 def _encode_cached(
     modality: str,
     item_ids: Sequence[str],
@@ -158,35 +218,10 @@ def _encode_cached(
         *(modality, len(item_ids), len(present), len(hits), len(todo)),
     )
     rows: dict[str, torch.Tensor] = {k: v.to(dtype) for k, v in hits.items()}
-    failed: list[str] = []
-    pending: tuple[list[str], list[torch.Tensor]] = ([], [])
-    flush_every = int(cache_params["flush_every"])
-
-    def flush() -> None:
-        if table is not None and pending[0]:
-            table.append(pending[0], [fingerprints[i] for i in pending[0]], torch.cat(pending[1]))
-        pending[0].clear()
-        pending[1].clear()
-
-    start = time.perf_counter()
-    if todo:
-        batches = encode(todo)
-        start = time.perf_counter()
-        try:
-            with progress(total=len(todo), desc=f"{modality} features", unit="item") as bar:
-                for ids, feats, bad in batches:
-                    feats = feats.to("cpu", dtype)
-                    failed.extend(bad)
-                    if ids:
-                        rows.update(zip(ids, feats, strict=True))
-                        pending[0].extend(ids)
-                        pending[1].append(feats)
-                    if len(pending[0]) >= flush_every:
-                        flush()
-                    bar.update(len(ids) + len(bad))
-        finally:  # also when interrupted: every finished row is kept for the next run
-            flush()
-    seconds = time.perf_counter() - start
+    new_rows, failed, seconds = _encode_missing(
+        modality, todo, fingerprints, table, cache_params, encode, dtype
+    )
+    rows.update(new_rows)
     encoded = len(todo) - len(failed)
     rate = encoded / seconds if seconds > 0 else 0.0
     if todo:
@@ -195,16 +230,8 @@ def _encode_cached(
         )
     if failed:
         logger.warning("%s features: %d items could not be encoded and are zero rows", modality, len(failed))
-
-    width = next(iter(rows.values())).shape[0] if rows else dim()
-    features = torch.zeros(len(item_ids) + 1, width, dtype=dtype)
-    missing = []
-    for pos, item_id in enumerate(item_ids, start=1):
-        row = rows.get(item_id)
-        if row is None:
-            missing.append(item_id)
-        else:
-            features[pos] = row
+    features, missing = _assemble(item_ids, rows, dim, dtype)
+    width = features.shape[1]
     stats = {
         "num_items": len(item_ids),
         "dim": width,
@@ -222,6 +249,32 @@ def _encode_cached(
             "%s features: %d of %d items are missing (zero rows)", modality, len(missing), len(item_ids)
         )
     return features, stats
+
+
+def no_images_table(item_ids: list[str], storage_dtype: str) -> dict[str, Any]:
+    """The image table of data without images: no columns, so the modality counts as absent."""
+    features = torch.zeros(len(item_ids) + 1, 0, dtype=_storage_dtype(storage_dtype))
+    meta = {"modality": "image", "encoder": None, "weights": None, "settings": {"source": "none"},
+            "num_items": len(item_ids), "dim": 0, "missing": len(item_ids)}  # fmt: skip
+    return {"features": features, "__metadata__": meta}
+
+
+def stored_image_fingerprints(
+    item_ids: list[str], image_availability: pd.DataFrame, image_store: ImageFolder
+) -> dict[str, str]:
+    """Content fingerprints of the indexed items' stored images (the cache key); items marked ``has_image``
+    but missing from the store are counted in a warning and treated as imageless."""
+    available = set(
+        image_availability.loc[image_availability["has_image"].astype(bool), "item_id"].astype(str)
+    )
+    fingerprints = {}
+    for item_id in item_ids:
+        if item_id in available and (fp := image_store.fingerprint(item_id)) is not None:
+            fingerprints[item_id] = fp
+    lost = len(available & set(item_ids)) - len(fingerprints)
+    if lost:
+        logger.warning("%d items marked has_image are not in the image store (treated as missing)", lost)
+    return fingerprints
 
 
 def encode_images(
@@ -243,21 +296,9 @@ def encode_images(
     item_ids = ordered_item_ids(item_index)
     if image_source == "file":
         return precomputed_table("image", item_ids, image_embeddings, params["storage_dtype"])
-    if image_source == "none":  # the data has no images: a table without columns (the modality is absent)
-        features = torch.zeros(len(item_ids) + 1, 0, dtype=_storage_dtype(params["storage_dtype"]))
-        meta = {"modality": "image", "encoder": None, "weights": None, "settings": {"source": "none"},
-                "num_items": len(item_ids), "dim": 0, "missing": len(item_ids)}  # fmt: skip
-        return {"features": features, "__metadata__": meta}
-    available = set(
-        image_availability.loc[image_availability["has_image"].astype(bool), "item_id"].astype(str)
-    )
-    fingerprints = {}
-    for item_id in item_ids:
-        if item_id in available and (fp := image_store.fingerprint(item_id)) is not None:
-            fingerprints[item_id] = fp
-    lost = len(available & set(item_ids)) - len(fingerprints)
-    if lost:
-        logger.warning("%d items marked has_image are not in the image store (treated as missing)", lost)
+    if image_source == "none":
+        return no_images_table(item_ids, params["storage_dtype"])
+    fingerprints = stored_image_fingerprints(item_ids, image_availability, image_store)
     choice = resolve_image_weights(params)
     device = resolve_device(params["device"])
     dtype = _storage_dtype(params["storage_dtype"])
