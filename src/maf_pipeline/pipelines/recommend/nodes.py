@@ -21,6 +21,31 @@ from maf_pipeline.models import feature_tables
 logger = logging.getLogger(__name__)
 
 
+def requested_users(
+    requested: list[str] | str | None, user_index: pd.DataFrame, idx_of: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The known users to recommend for (every user for ``None``; a string is a whitespace-separated list:
+    ``kedro run --params`` splits on commas) and the requested ids the model does not know (logged)."""
+    if requested is None:
+        return user_index["user_id"].astype(str).tolist(), []
+    ids = requested.split() if isinstance(requested, str) else requested
+    wanted = list(dict.fromkeys(str(u) for u in ids))
+    if not wanted:
+        raise ValueError(
+            f"recommend.users = {requested!r} names no user: that would replace the recommendations with "
+            "an empty table. Use null for every user, or give user ids."
+        )
+    users = [u for u in wanted if u in idx_of]
+    unknown = [u for u in wanted if u not in idx_of]
+    if unknown:
+        logger.warning(
+            "%d of %d requested users are unknown to the model (not in user_index): %s%s; they get no "
+            "recommendations and are listed in the recommendation report",
+            len(unknown), len(wanted), unknown[:20], " ..." if len(unknown) > 20 else "",
+        )  # fmt: skip
+    return users, unknown
+
+
 def recommend_top_k(
     trained_model: dict[str, Any],
     train_sequences: pd.DataFrame,
@@ -46,29 +71,7 @@ def recommend_top_k(
     k, exclude_seen = check_k(p.get("k", 10)), bool(p.get("exclude_seen", True))
     idx_of = dict(zip(user_index["user_id"].astype(str), user_index["user_idx"], strict=True))
     requested = p.get("users")
-    if requested is None:
-        users = user_index["user_id"].astype(str).tolist()
-        unknown: list[str] = []
-    else:
-        # a string is a whitespace-separated list (`kedro run --params` splits on commas, not spaces)
-        ids = requested.split() if isinstance(requested, str) else requested
-        wanted = list(dict.fromkeys(str(u) for u in ids))
-        if not wanted:
-            raise ValueError(
-                f"recommend.users = {requested!r} names no user: that would replace the recommendations with "
-                "an empty table. Use null for every user, or give user ids."
-            )
-        users = [u for u in wanted if u in idx_of]
-        unknown = [u for u in wanted if u not in idx_of]
-    if unknown:
-        logger.warning(
-            "%d of %d requested users are unknown to the model (not in user_index): %s%s; they get no "
-            "recommendations and are listed in the recommendation report",
-            len(unknown),
-            len(unknown) + len(users),
-            unknown[:20],
-            " ..." if len(unknown) > 20 else "",
-        )
+    users, unknown = requested_users(requested, user_index, idx_of)
     histories = user_histories(train_sequences, valid_sequences, test_sequences)
     model = load_model(trained_model, feature_tables(image_features, text_features, category_features))
     device = resolve_device(str(p.get("device", "auto")))
