@@ -383,6 +383,56 @@ def run_maf_variants(
     return pd.concat(frames, ignore_index=True) if frames else empty_runs()
 
 
+def grid_axes(grid: dict[str, Any]) -> dict[str, list[Any]]:
+    """The grid's axes: the paper's (d', lambda, F) first, then any other list of MAF-block values."""
+    names = [k for k in ("d_mm", "mtl_lambda", "fusion") if grid.get(k)]
+    names += [k for k, v in grid.items() if k not in (*names, *GRID_SETTINGS) and isinstance(v, list) and v]
+    return {k: list(grid[k]) for k in names}
+
+
+def grid_tasks(
+    axes: dict[str, list[Any]], maf_params: dict[str, Any], fixed: dict[str, Any], seeds: list[int],
+    training: dict[str, Any],
+) -> tuple[list[tuple], list[dict[str, Any]]]:  # fmt: skip
+    """One run per valid grid point and seed (points with d' > d or d' not divisible by the heads are
+    skipped with a warning), and each run's ``grid_<axis>`` labels."""
+    tasks, labels = [], []
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values, strict=True))
+        config = {**maf_params, **fixed, **point}
+        d_mm, d, heads = int(config.get("d_mm", 0)), int(config.get("d", 0)), int(config.get("n_heads", 1))
+        if d_mm > d or d_mm % heads:
+            logger.warning(
+                "grid: skipping %s (d'=%d must be <= d=%d and divisible by %d heads)", point, d_mm, d, heads
+            )
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in point.items())
+        for s in seeds:
+            tasks.append((label, config, s, training))
+            labels.append({f"grid_{k}": v for k, v in point.items()})
+    return tasks, labels
+
+
+def select_grid_point(
+    runs: pd.DataFrame, axes: dict[str, list[Any]], fixed: dict[str, Any], metric: str, protocol: str,
+    seeds: list[int],
+) -> dict[str, Any]:  # fmt: skip
+    """The point with the best mean *validation* ``metric`` (test is recorded, never used), with ``fixed``."""
+    valid = runs[(runs["split"] == "valid") & (runs["protocol"] == protocol) & (runs["metric"] == metric)]
+    scores = valid.groupby("variant")["value"].mean()
+    best_row = runs[runs["variant"] == scores.idxmax()].iloc[0]
+    return {
+        "enabled": True,
+        "metric": metric,
+        "split": "valid",
+        "protocol": protocol,
+        "seeds": seeds,
+        "best": {**fixed, **{k: _plain(best_row[f"grid_{k}"]) for k in axes}},
+        "best_valid": float(scores.max()),
+        "scores": {k: float(v) for k, v in scores.sort_values(ascending=False).items()},
+    }
+
+
 def run_grid_search(
     train_sequences: pd.DataFrame,
     valid_sequences: pd.DataFrame,
@@ -413,10 +463,7 @@ def run_grid_search(
     grid = grid_params or {}
     if not grid.get("enabled", False):
         return empty_runs(), {"enabled": False, "best": {}}
-    # the paper's axes first, then any other list of MAF-block values (e.g. scale, mtl_normalize, mm_dropout)
-    names = [k for k in ("d_mm", "mtl_lambda", "fusion") if grid.get(k)]
-    names += [k for k, v in grid.items() if k not in (*names, *GRID_SETTINGS) and isinstance(v, list) and v]
-    axes = {k: list(grid[k]) for k in names}
+    axes = grid_axes(grid)
     metric = grid.get("metric", "ndcg@20")
     seeds = [int(s) for s in grid.get("seeds") or _seeds(compare_params)]
     data = _data(
@@ -430,21 +477,8 @@ def run_grid_search(
     )
     ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
     training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get("maf"))
-    points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     fixed = dict(grid.get("fixed") or {})
-    tasks, labels = [], []
-    for point in points:
-        config = {**maf_params, **fixed, **point}
-        d_mm, d, heads = int(config.get("d_mm", 0)), int(config.get("d", 0)), int(config.get("n_heads", 1))
-        if d_mm > d or d_mm % heads:
-            logger.warning(
-                "grid: skipping %s (d'=%d must be <= d=%d and divisible by %d heads)", point, d_mm, d, heads
-            )
-            continue
-        label = ", ".join(f"{k}={v}" for k, v in point.items())
-        for s in seeds:
-            tasks.append((label, config, s, training))
-            labels.append({f"grid_{k}": v for k, v in point.items()})
+    tasks, labels = grid_tasks(axes, maf_params, fixed, seeds, training)
     logger.info("grid: %d points x %d seeds", len(tasks) // max(len(seeds), 1), len(seeds))
     results = ctx.run_all(tasks, compare_params.get("parallel"))
     rows = [{**r, **extra} for extra, result in zip(labels, results, strict=True) for r in result]
@@ -453,23 +487,8 @@ def run_grid_search(
         raise ValueError(
             "compare.grid: no valid grid point (check d_mm against the MAF block's d and n_heads)"
         )
-    protocol = ctx.protocols[0]
-    valid = runs[(runs["split"] == "valid") & (runs["protocol"] == protocol) & (runs["metric"] == metric)]
-    scores = valid.groupby("variant")["value"].mean()
-    best_label = scores.idxmax()
-    best_row = runs[runs["variant"] == best_label].iloc[0]
-    best = {**fixed, **{k: _plain(best_row[f"grid_{k}"]) for k in axes}}
-    selection = {
-        "enabled": True,
-        "metric": metric,
-        "split": "valid",
-        "protocol": protocol,
-        "seeds": seeds,
-        "best": best,
-        "best_valid": float(scores.max()),
-        "scores": {k: float(v) for k, v in scores.sort_values(ascending=False).items()},
-    }
-    logger.info("grid: best %s with valid %s %.4f", best, metric, scores.max())
+    selection = select_grid_point(runs, axes, fixed, metric, ctx.protocols[0], seeds)
+    logger.info("grid: best %s with valid %s %.4f", selection["best"], metric, selection["best_valid"])
     return runs, selection
 
 
