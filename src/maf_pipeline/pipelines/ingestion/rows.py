@@ -141,31 +141,9 @@ def cap_list(values: pa.Array, cfg: dict[str, Any], name: str, stats: ParseStats
     return values
 
 
-def metadata_rows(
-    piece: Piece,
-    fmt: str,
-    cfg: dict[str, Any],
-    stats: ParseStats,
-    row_offset: int,
-    categories_cache: dict[tuple, tuple[list[str], list[tuple[str, str]]]],
-    wanted_ids: frozenset[str] | None = None,
-) -> tuple[pa.Table, int]:
-    """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score).
-
-    With ``wanted_ids`` only those items are kept (a semi-join done before any cleaning, so the cost follows
-    the wanted items, not the dump); returns the table and how many valid rows the semi-join left out.
-    """
-    table = piece.table
-    ids = table.column(METADATA_ID[fmt])
-    has_id = _present(ids).combine_chunks()
-    _flag_rows(piece, has_id, "missing_field", stats)
-    keep = has_id
-    if wanted_ids is not None:
-        # a Python set, built once: pc.is_in would hash the whole value set again for every block
-        wanted = np.fromiter((i in wanted_ids for i in ids.to_pylist()), dtype=bool, count=len(ids))
-        keep = pc.and_(has_id, pa.array(wanted))
-    table = table.filter(keep)
-    not_wanted = count_true(has_id) - table.num_rows
+def format_fields(table: pa.Table, fmt: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The raw description, features, category paths, image URLs, brand and main category of one piece, read
+    from the columns of its format (2014, 2018 or 2023)."""
     features = None
     main_category = None
     if fmt == "2018":
@@ -194,17 +172,22 @@ def metadata_rows(
         )
         brand = table["store"]
         main_category = table["main_category"]
+    return {"description": description, "features": features, "categories": raw_categories, "images": images,
+            "brand": brand, "main_category": main_category}  # fmt: skip
 
-    limit = int(cfg.get("max_text_chars") or 0)
-    title = clean_text(cap_text(table["title"], limit, "title", stats))
-    description = clean_text(cap_text(description, limit, "description", stats))
-    parts = [title, description]
-    if cfg["include_features"] and features is not None:
-        parts.append(clean_text(cap_text(features, limit, "features", stats)))
-    text = join_text(parts)
+
+def category_paths(
+    raw_categories: list[Any],
+    main_category: pa.Array | None,
+    cfg: dict[str, Any],
+    stats: ParseStats,
+    categories_cache: dict[tuple, tuple[list[str], list[tuple[str, str]]]],
+) -> list[list[str]]:
+    """Each item's cleaned labels, without those that are not categories (counted in ``stats``); an empty
+    path takes the main category when ``main_category_fallback`` is on. Paths are cached: they repeat."""
+    rule = cfg.get("labels") or {}
     mains = main_category.to_pylist() if main_category is not None else None
     categories = []
-    rule = cfg.get("labels") or {}
     for i, labels in enumerate(raw_categories):
         key = tuple(labels or ())
         cached = categories_cache.get(key)
@@ -220,6 +203,46 @@ def metadata_rows(
         if not path and cfg["main_category_fallback"] and mains and mains[i]:
             path = clean_path([mains[i]])
         categories.append(path)
+    return categories
+
+
+def metadata_rows(
+    piece: Piece,
+    fmt: str,
+    cfg: dict[str, Any],
+    stats: ParseStats,
+    row_offset: int,
+    categories_cache: dict[tuple, tuple[list[str], list[tuple[str, str]]]],
+    wanted_ids: frozenset[str] | None = None,
+) -> tuple[pa.Table, int]:
+    """Map one parsed piece of any metadata format onto the clean item columns (plus a completeness score).
+
+    With ``wanted_ids`` only those items are kept (a semi-join done before any cleaning, so the cost follows
+    the wanted items, not the dump); returns the table and how many valid rows the semi-join left out.
+    """
+    table = piece.table
+    ids = table.column(METADATA_ID[fmt])
+    has_id = _present(ids).combine_chunks()
+    _flag_rows(piece, has_id, "missing_field", stats)
+    keep = has_id
+    if wanted_ids is not None:
+        # a Python set, built once: pc.is_in would hash the whole value set again for every block
+        wanted = np.fromiter((i in wanted_ids for i in ids.to_pylist()), dtype=bool, count=len(ids))
+        keep = pc.and_(has_id, pa.array(wanted))
+    table = table.filter(keep)
+    not_wanted = count_true(has_id) - table.num_rows
+    raw = format_fields(table, fmt, cfg)
+    description, features, raw_categories = raw["description"], raw["features"], raw["categories"]
+    images, brand, main_category = raw["images"], raw["brand"], raw["main_category"]
+
+    limit = int(cfg.get("max_text_chars") or 0)
+    title = clean_text(cap_text(table["title"], limit, "title", stats))
+    description = clean_text(cap_text(description, limit, "description", stats))
+    parts = [title, description]
+    if cfg["include_features"] and features is not None:
+        parts.append(clean_text(cap_text(features, limit, "features", stats)))
+    text = join_text(parts)
+    categories = category_paths(raw_categories, main_category, cfg, stats, categories_cache)
     categories = cap_list(pa.array(categories, type=pa.list_(pa.string())), cfg, "categories", stats)
     image_urls = cap_list(full_size_urls(images, bool(cfg["upgrade_thumbnails"])), cfg, "image_urls", stats)
     brand = clean_text(brand)
