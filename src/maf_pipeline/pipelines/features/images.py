@@ -344,6 +344,117 @@ def _vector_availability(
     return table, report
 
 
+def _url_fetcher(
+    items: pd.DataFrame, todo: list[str], dl: dict[str, Any], results: dict[str, FetchResult]
+) -> tuple[Callable[[str], FetchResult], list[str]]:
+    """A fetch function over each item's candidate URLs, and the items still to fetch: hosts that do not
+    answer a probe fail the run (with ``on_unreachable: mark_missing``: their items marked in ``results``)."""
+    url_map = dict(zip(items["item_id"].astype(str), items["image_urls"], strict=True))
+    candidates = {i: _candidate_urls(url_map.get(i), dl) for i in todo}
+    down = unreachable_hosts(
+        [u for urls in candidates.values() for u in urls],
+        float(dl["probe_timeout_s"]),
+        HostPolicy.from_config(dl.get("allowed_hosts")),
+    )
+    if down:
+        message = (
+            f"Cannot reach image host(s) {sorted(down)} ({next(iter(down.values()))}); "
+            "this machine looks offline. Use features.images.source: local with a folder of images, or "
+            "set features.images.download.on_unreachable: mark_missing to mark these items as imageless."
+        )
+        if dl["on_unreachable"] != "mark_missing":
+            raise ImageSourceUnreachableError(message)
+        logger.warning(message)
+        for item_id, urls in candidates.items():
+            if urls and all(urlsplit(u).netloc in down for u in urls):
+                results[item_id] = FetchResult(
+                    "unreachable", url=urls[0], detail=down[urlsplit(urls[0]).netloc]
+                )
+        todo = [i for i in todo if i not in results]
+
+    def fetch(item_id: str) -> FetchResult:
+        return _fetch_urls([u for u in candidates[item_id] if urlsplit(u).netloc not in down], dl)
+
+    return fetch, todo
+
+
+def _fetch_into_store(
+    todo: list[str], fetch: Callable[[str], FetchResult], image_store: ImageFolder, dl: dict[str, Any],
+    params: dict[str, Any], results: dict[str, FetchResult],
+) -> float:  # fmt: skip
+    """Fetch ``todo`` concurrently into ``results``, writing each verified image into the store (holding
+    its lock); returns the transfer seconds."""
+    # one run at a time writes into the store (a second fails naming the first, or waits lock_wait_s)
+    lock = FolderLock(
+        image_store.root, params.get("lock_wait_s", 0), "image store", "features.images.lock_wait_s"
+    )
+    if todo:
+        lock.acquire()
+    started = time.perf_counter()
+    executor = ThreadPoolExecutor(max_workers=max(1, int(dl["workers"])))
+    try:
+        futures = {executor.submit(fetch, item_id): item_id for item_id in todo}
+        for future in progress(as_completed(futures), total=len(futures), desc="images", unit="img"):
+            item_id = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # a bug or odd input for one item must not sink the whole run
+                result = FetchResult("error", detail=f"{type(exc).__name__}: {exc}"[:200])
+            if result.status == "ok":
+                if result.data is not None:
+                    image_store.put(item_id, result.data, result.ext or "jpg")
+                else:
+                    image_store.put_file(item_id, Path(result.url or ""), result.ext or "jpg")
+            results[item_id] = result
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        lock.release()
+    transfer_s = time.perf_counter() - started
+    return transfer_s
+
+
+def _availability(
+    item_ids: list[str], results: dict[str, FetchResult], source: str, attempted: int, transfer_s: float
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``image_availability`` and the transfer report from the fetch results (corrupt and refused images
+    named in warnings)."""
+    rows = []
+    for item_id in item_ids:
+        res = results[item_id]
+        has = res.status in ("ok", "stored")
+        rows.append((item_id, has, res.status, source, res.url, res.num_bytes, res.detail))
+    table = pd.DataFrame(rows, columns=AVAILABILITY_COLUMNS).astype(
+        {"item_id": str, "has_image": bool, "status": str, "source": str, "num_bytes": "Int64"}
+    )
+    counts = Counter(table["status"])
+    have = int(table["has_image"].sum())
+    logger.info(
+        "Image availability: %d of %d items have an image; %s", have, len(table), dict(sorted(counts.items()))
+    )
+    if counts.get("corrupt"):
+        logger.warning("%d corrupt or undecodable images were treated as missing", counts["corrupt"])
+    if counts.get("refused"):
+        logger.warning(
+            "%d items' image URLs point at private, loopback or link-local addresses and were refused "
+            "(e.g. %s); allow trusted hosts with features.images.download.allowed_hosts",
+            counts["refused"],
+            table.loc[table["status"] == "refused", "detail"].iloc[0],
+        )
+    fetched = table[table["status"] == "ok"]
+    report = {
+        "source": source,
+        "items": len(table),
+        "already_stored": int(counts.get("stored", 0)),
+        "attempted": attempted,
+        "fetched": len(fetched),
+        "bytes": int(fetched["num_bytes"].fillna(0).sum()),
+        "failed": {k: int(v) for k, v in sorted(counts.items()) if k not in ("ok", "stored")},
+        "transfer_s": round(transfer_s, 3),
+        "images_per_s": round(len(fetched) / transfer_s, 1) if transfer_s > 0 and len(fetched) else None,
+    }
+    return table, report
+
+
 def acquire_images(
     interactions: pd.DataFrame,
     items: pd.DataFrame,
@@ -381,91 +492,6 @@ def acquire_images(
             return _copy_local(local_images, item_id, int(dl["max_bytes"]), int(dl["max_pixels"]))
 
     else:
-        url_map = dict(zip(items["item_id"].astype(str), items["image_urls"], strict=True))
-        candidates = {i: _candidate_urls(url_map.get(i), dl) for i in todo}
-        down = unreachable_hosts(
-            [u for urls in candidates.values() for u in urls],
-            float(dl["probe_timeout_s"]),
-            HostPolicy.from_config(dl.get("allowed_hosts")),
-        )
-        if down:
-            message = (
-                f"Cannot reach image host(s) {sorted(down)} ({next(iter(down.values()))}); "
-                "this machine looks offline. Use features.images.source: local with a folder of images, or "
-                "set features.images.download.on_unreachable: mark_missing to mark these items as imageless."
-            )
-            if dl["on_unreachable"] != "mark_missing":
-                raise ImageSourceUnreachableError(message)
-            logger.warning(message)
-            for item_id, urls in candidates.items():
-                if urls and all(urlsplit(u).netloc in down for u in urls):
-                    results[item_id] = FetchResult(
-                        "unreachable", url=urls[0], detail=down[urlsplit(urls[0]).netloc]
-                    )
-            todo = [i for i in todo if i not in results]
-
-        def fetch(item_id: str) -> FetchResult:
-            return _fetch_urls([u for u in candidates[item_id] if urlsplit(u).netloc not in down], dl)
-
-    # one run at a time writes into the store (a second fails naming the first, or waits lock_wait_s)
-    lock = FolderLock(
-        image_store.root, params.get("lock_wait_s", 0), "image store", "features.images.lock_wait_s"
-    )
-    if todo:
-        lock.acquire()
-    started = time.perf_counter()
-    executor = ThreadPoolExecutor(max_workers=max(1, int(dl["workers"])))
-    try:
-        futures = {executor.submit(fetch, item_id): item_id for item_id in todo}
-        for future in progress(as_completed(futures), total=len(futures), desc="images", unit="img"):
-            item_id = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:  # a bug or odd input for one item must not sink the whole run
-                result = FetchResult("error", detail=f"{type(exc).__name__}: {exc}"[:200])
-            if result.status == "ok":
-                if result.data is not None:
-                    image_store.put(item_id, result.data, result.ext or "jpg")
-                else:
-                    image_store.put_file(item_id, Path(result.url or ""), result.ext or "jpg")
-            results[item_id] = result
-    finally:
-        executor.shutdown(wait=False, cancel_futures=True)
-        lock.release()
-    transfer_s = time.perf_counter() - started
-
-    rows = []
-    for item_id in item_ids:
-        res = results[item_id]
-        has = res.status in ("ok", "stored")
-        rows.append((item_id, has, res.status, source, res.url, res.num_bytes, res.detail))
-    table = pd.DataFrame(rows, columns=AVAILABILITY_COLUMNS).astype(
-        {"item_id": str, "has_image": bool, "status": str, "source": str, "num_bytes": "Int64"}
-    )
-    counts = Counter(table["status"])
-    have = int(table["has_image"].sum())
-    logger.info(
-        "Image availability: %d of %d items have an image; %s", have, len(table), dict(sorted(counts.items()))
-    )
-    if counts.get("corrupt"):
-        logger.warning("%d corrupt or undecodable images were treated as missing", counts["corrupt"])
-    if counts.get("refused"):
-        logger.warning(
-            "%d items' image URLs point at private, loopback or link-local addresses and were refused "
-            "(e.g. %s); allow trusted hosts with features.images.download.allowed_hosts",
-            counts["refused"],
-            table.loc[table["status"] == "refused", "detail"].iloc[0],
-        )
-    fetched = table[table["status"] == "ok"]
-    report = {
-        "source": source,
-        "items": len(table),
-        "already_stored": int(counts.get("stored", 0)),
-        "attempted": len(todo),
-        "fetched": len(fetched),
-        "bytes": int(fetched["num_bytes"].fillna(0).sum()),
-        "failed": {k: int(v) for k, v in sorted(counts.items()) if k not in ("ok", "stored")},
-        "transfer_s": round(transfer_s, 3),
-        "images_per_s": round(len(fetched) / transfer_s, 1) if transfer_s > 0 and len(fetched) else None,
-    }
-    return table, report
+        fetch, todo = _url_fetcher(items, todo, dl, results)
+    transfer_s = _fetch_into_store(todo, fetch, image_store, dl, params, results)
+    return _availability(item_ids, results, source, len(todo), transfer_s)
