@@ -333,14 +333,6 @@ def read_item_file(
     return items, report
 
 
-def _attributes_sibling(source: RawSource, suffix: str) -> RawSource:
-    """``<name><suffix>`` next to ``<name>.<ext>`` (the name up to its first dot: Beauty.txt.gz -> Beauty)."""
-    path = PurePosixPath(source.path)
-    return RawSource(
-        str(path.with_name(path.name.split(".")[0] + suffix)), source.protocol, source.storage_options
-    )
-
-
 def _index_map(source: RawSource, suffix: str) -> dict[str, str] | None:
     """``<name><suffix>`` (``.item2index``, ``.user2index``) as index -> raw id, or None when absent."""
     path = sibling(source, suffix)
@@ -403,7 +395,7 @@ def _with_attributes(
     items: pd.DataFrame, source: RawSource, suffix: str
 ) -> tuple[pd.DataFrame, str | None, int]:
     """``items`` with the sibling ``item2attributes`` ids as categories, when that file exists."""
-    attributes_source = _attributes_sibling(source, suffix)
+    attributes_source = sibling(source, suffix)  # Beauty.txt.gz -> Beauty_item2attributes.json
     if not attributes_source.exists():
         return items, None, 0
     attributes = read_attributes(attributes_source)
