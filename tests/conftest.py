@@ -31,6 +31,16 @@ E2E_PARAMS: dict[str, object] = {
 }
 
 
+def project_pipelines() -> dict:
+    """Every registered pipeline, as ``kedro run`` without a selection sees them (the registry uses Kedro's
+    ``find_pipelines``, which needs the configured project; configuring it also clears any earlier selection
+    such as ``pipelines.set_requested(["data"])``)."""
+    from kedro.framework.project import configure_project, pipelines
+
+    configure_project("maf_pipeline", preserve_logging=True)
+    return dict(pipelines)
+
+
 def copy_project(dest: Path) -> Path:
     """Copy what a Kedro run needs (package metadata, conf, the bundled sample) into ``dest``.
 

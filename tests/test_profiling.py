@@ -13,8 +13,8 @@ from kedro.runner import SequentialRunner
 from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import ParquetDataset
 
-from maf_pipeline.pipeline_registry import register_pipelines
 from maf_pipeline.profiling import RunProfileHook, table_rows
+from tests.conftest import project_pipelines
 
 
 def grow(frame: pd.DataFrame) -> pd.DataFrame:
@@ -92,7 +92,7 @@ def test_the_sample_run_has_a_profile_row_per_node(full_run):
     profile = json.loads((project / "data" / "08_reporting" / "run_profile.json").read_text())
     assert profile["status"] == "completed"
     assert sorted(r["node"] for r in profile["nodes"]) == sorted(
-        n.name for n in register_pipelines()["full"].nodes
+        n.name for n in project_pipelines()["full"].nodes
     )
     ingest = next(r for r in profile["nodes"] if r["node"] == "ingest_reviews")
     assert ingest["rows_out"] > 0 and ingest["outputs"]["interactions"]["bytes"] > 0

@@ -6,12 +6,11 @@ import re
 import subprocess
 import sys
 
-from maf_pipeline.pipeline_registry import register_pipelines
-from tests.conftest import copy_project, kedro
+from tests.conftest import copy_project, kedro, project_pipelines
 
 
 def test_data_is_everything_full_runs_up_to_the_sequences():
-    pipelines = register_pipelines()
+    pipelines = project_pipelines()
     data = {n.name for n in pipelines["data"].nodes}
     upstream = {n.name for n in pipelines["full"].to_nodes("build_sequences").nodes}
     assert upstream <= data <= {n.name for n in pipelines["full"].nodes}

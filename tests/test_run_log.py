@@ -8,7 +8,7 @@ import typing
 
 import pytest
 
-from maf_pipeline.pipeline_registry import register_pipelines
+from tests.conftest import project_pipelines
 
 # What the bundled sample and an offline machine legitimately warn about, each a thing to act on: the sample's
 # deliberately bad lines and its corrupt image, and missing pretrained weights (the FEATURES FALLBACK banner).
@@ -30,7 +30,7 @@ WARNING_LINE = re.compile(r"\bWARNING\b|Warning:|warnings\.warn\(|^\s*warn\(")
 
 def test_every_node_function_has_resolvable_type_hints() -> None:
     """Kedro's parameter validation reads them; an unresolvable hint logs a warning on every run."""
-    for pipeline in register_pipelines().values():
+    for pipeline in project_pipelines().values():
         for node in pipeline.nodes:
             typing.get_type_hints(node.func)  # raises NameError for a hint imported only for type checkers
 

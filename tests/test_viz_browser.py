@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from maf_pipeline.pipeline_registry import FULL_CHAIN, register_pipelines
-from tests.conftest import copy_project, kedro
+from maf_pipeline.pipeline_registry import FULL_CHAIN
+from tests.conftest import copy_project, kedro, project_pipelines
 
 BROWSERS = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
 
@@ -74,7 +74,7 @@ def test_the_built_site_draws_every_stage_and_the_layers(site: str) -> None:
     if executable is None:
         pytest.skip("no Chromium installed (Debian: apt-get install chromium; .ci/run does it)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    registry = register_pipelines()
+    registry = project_pipelines()
     expected = {
         stage: {label(n.namespace.split(".")[0] if n.namespace else n.name) for n in registry[stage].nodes}
         for stage in FULL_CHAIN

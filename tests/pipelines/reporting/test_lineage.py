@@ -11,7 +11,8 @@ import pytest
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog
 
-from maf_pipeline.pipeline_registry import FULL_CHAIN, register_pipelines
+from maf_pipeline.pipeline_registry import FULL_CHAIN
+from tests.conftest import project_pipelines
 
 ROOT = Path(__file__).resolve().parents[3]
 LAYER_ORDER = [
@@ -28,7 +29,7 @@ LAYER_ORDER = [
 
 @pytest.fixture(scope="module")
 def registry():
-    return register_pipelines()
+    return project_pipelines()
 
 
 @pytest.fixture(scope="module")
