@@ -25,6 +25,7 @@ import torch
 import yaml
 from PIL import Image
 
+from maf_pipeline.parameters import filled
 from maf_pipeline.pipelines.features.nodes import encode_images, encode_texts
 from maf_pipeline.pipelines.features.stores import FeatureCache, ImageFolder
 
@@ -39,7 +40,8 @@ WORDS = VOCABULARY.split()
 
 
 def _params() -> dict:
-    return yaml.safe_load((ROOT / "conf" / "base" / "parameters_features.yml").read_text())["features"]
+    features = yaml.safe_load((ROOT / "conf" / "base" / "parameters_features.yml").read_text())["features"]
+    return filled("features", features)  # complete blocks, as nodes receive them
 
 
 def _images(folder: ImageFolder, n: int, rng: np.random.Generator) -> list[str]:
@@ -79,7 +81,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rng = np.random.default_rng(0)
     base = _params()
-    no_cache = {"enabled": False, "flush_every": 1024}
+    no_cache = filled("features.cache", {"enabled": False})
     results = {
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

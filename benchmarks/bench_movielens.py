@@ -36,6 +36,7 @@ from kedro.config import OmegaConfigLoader
 
 from maf_pipeline.datasets import RawSource
 from maf_pipeline.models import Popularity, model_from_artifact
+from maf_pipeline.parameters import filled, resolve_parameters
 from maf_pipeline.pipelines.evaluation.nodes import evaluate_scorer
 from maf_pipeline.pipelines.features.nodes import encode_categories, encode_texts
 from maf_pipeline.pipelines.ingestion.interaction_formats import ingest_interaction_files
@@ -62,7 +63,8 @@ def fetch_files(wheel: Path | None, workdir: Path) -> Path:
 
 def project_parameters() -> dict[str, Any]:
     """The project's base parameters (text encoder, categories, sequences, ingestion settings)."""
-    return OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="base")["parameters"]
+    loader = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="base")
+    return resolve_parameters(loader["parameters"])  # complete blocks, as nodes receive them
 
 
 def model_blocks(d: int) -> dict[str, dict[str, Any]]:
@@ -103,15 +105,14 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         inter = fetch_files(args.wheel, Path(tmp))
-        ingestion = params["ingestion"].get("interaction_only", {})
+        ingestion = params["ingestion"]["interaction_only"]
         interactions, items, report = ingest_interaction_files(RawSource(str(inter)), ingestion, None)
     logger.info("ml-100k: %s", report["summary"])
     item_index, user_index = build_id_maps(interactions)
     train, valid, test = build_sequences(interactions, item_index, user_index, args.max_len, "train_only")
     features = params["features"]
-    text = encode_texts(
-        item_index, items, None, features["text_encoder"], {"enabled": False, "flush_every": 1024}, args.seed
-    )
+    no_cache = filled("features.cache", {"enabled": False})
+    text = encode_texts(item_index, items, None, features["text_encoder"], no_cache, args.seed)
     category, vocabulary = encode_categories(item_index, items, features["categories"])
     image = {"features": torch.zeros(len(item_index) + 1, 0)}
     logger.info(

@@ -44,7 +44,9 @@ import yaml
 from kedro.config import OmegaConfigLoader
 
 from maf_pipeline.datasets import RawSource
+from maf_pipeline.model_inputs import ModelInputs
 from maf_pipeline.models import Popularity
+from maf_pipeline.parameters import filled, resolve_parameters
 from maf_pipeline.pipelines.compare.nodes import RunContext, deep_merge, resolve_maf_config, run_grid_search
 from maf_pipeline.pipelines.compare.reporting import build_grid_report, metric_label, summarise
 from maf_pipeline.pipelines.features.nodes import encode_categories
@@ -90,7 +92,8 @@ class BenchContext(RunContext):
 
 def project_parameters() -> dict[str, Any]:
     """The project's base parameters (model blocks, training, evaluation, categories, ingestion)."""
-    return OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="base")["parameters"]
+    loader = OmegaConfigLoader(str(REPO / "conf"), base_env="base", default_run_env="base")
+    return resolve_parameters(loader["parameters"])  # complete blocks, as nodes receive them
 
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
@@ -146,7 +149,7 @@ def published_rows(readme: Path) -> pd.DataFrame:
 
 def prepare(data: Path, params: dict[str, Any], max_len: int) -> dict[str, Any]:
     """Beauty through the project's ingestion, sequences and category-feature nodes."""
-    ingestion = params["ingestion"].get("interaction_only", {})
+    ingestion = params["ingestion"]["interaction_only"]
     interactions, items, report = ingest_interaction_files(RawSource(str(data)), ingestion, None)
     logger.info("%s: %s", data.name, report["summary"])
     item_index, user_index = build_id_maps(interactions)
@@ -185,7 +188,7 @@ def environment(env: str) -> tuple[dict[str, Any], dict[str, Any], Path]:
         context = session.load_context()
         data = {name: context.catalog.load(name) for name in MODEL_INPUTS}
         raw = Path(context.config_loader["catalog"]["raw_reviews"]["filepath"])
-        return context.params, data, (REPO / raw).resolve().parent / "README.md"
+        return resolve_parameters(context.params), data, (REPO / raw).resolve().parent / "README.md"
 
 
 def borrow_features(data: dict[str, Any], spec: str) -> None:
@@ -363,24 +366,25 @@ def main() -> None:
     models = args.models.split(",")
     params, data, training, blocks, metrics, readme = setup(args)
     evaluation = {**params["evaluation"], "protocol": "full"}
-    compare = {"models": models, "seeds": seeds, "protocols": ["full"], "training": {}, "evaluation": {}}
-    ctx = BenchContext(data, compare, training, evaluation, args.max_len, params["seed"])
+    compare = filled("compare", {"models": models, "seeds": seeds, "protocols": ["full"]})
+    inputs = ModelInputs(**data)
+    ctx = BenchContext(inputs, compare, training, evaluation, args.max_len, params["seed"])
     suffix = f" ({args.label})" if args.label else ""
     grid_report = ""
     args.out.mkdir(parents=True, exist_ok=True)
     if args.grid and "maf" in models:  # compare's grid search, selected on validation NDCG@20
-        grid = {
-            "enabled": True,
-            **parse_assignments(args.grid),
-            "seeds": [int(s) for s in args.grid_seeds.split(",")],
-            "metric": "ndcg@20",
-        }
-        d = data
+        grid = filled(
+            "compare.grid",
+            {
+                "enabled": True,
+                **parse_assignments(args.grid),
+                "seeds": [int(s) for s in args.grid_seeds.split(",")],
+                "metric": "ndcg@20",
+            },
+        )
         grid_runs, selection = run_grid_search(
-            d["train_sequences"], d["valid_sequences"], d["test_sequences"], d["item_index"],
-            d["image_features"], d["text_features"], d["category_features"], blocks["maf"], grid, compare,
-            training, evaluation, args.max_len, params["seed"],
-        )  # fmt: skip
+            inputs, blocks["maf"], grid, compare, training, evaluation, args.max_len, params["seed"]
+        )
         blocks["maf"] = resolve_maf_config(blocks["maf"], selection)
         grid_report, _ = build_grid_report(grid_runs, selection)
         grid_runs.to_csv(args.out / f"grid{'_' + args.label if args.label else ''}.csv", index=False)

@@ -44,6 +44,7 @@ from PIL import Image
 
 from maf_pipeline.datasets import RawSource, SafetensorsDataset
 from maf_pipeline.locks import FolderLock, FolderLockedError, atomic_write, lock_path
+from maf_pipeline.parameters import filled
 from maf_pipeline.pipelines.features import nodes as feature_nodes
 from maf_pipeline.pipelines.features.images import acquire_images, download_image, verify_image
 from maf_pipeline.pipelines.features.safe_http import HostPolicy, RefusedAddressError, is_public_address
@@ -51,8 +52,7 @@ from maf_pipeline.pipelines.features.stores import CacheTable, FeatureCache, Ima
 from maf_pipeline.pipelines.ingestion.nodes import ingest_metadata, ingest_reviews
 from maf_pipeline.pipelines.ingestion.stream import IngestionError
 from maf_pipeline.training import checkpoints as training_checkpoints
-from maf_pipeline.training import train_model
-from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
+from tests.models.synthetic import make_features, make_sequences, small_training, tiny_maf_params, train_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_BLOCKS = {"block_size_mb": 0.0625}  # 64 kB blocks: small files cross block boundaries
@@ -520,7 +520,7 @@ def _encode(
         {i: f"fp-{i}" for i in ids},
         {"encoder": "fake"},
         modality_cache,
-        {"enabled": True, "flush_every": 2},
+        filled("features.cache", {"flush_every": 2}),
         encode,
         lambda: 4,
         torch.float32,
@@ -625,33 +625,14 @@ TRAIN = """
 
 
 def _train(params: dict, **kw: Any) -> tuple[dict, dict]:
-    data, features = make_sequences(seed=3), make_features(30)
-    return train_model(
-        data["train_sequences"],
-        data["valid_sequences"],
-        data["item_index"],
-        features["image"],
-        features["text"],
-        features["category"],
-        tiny_maf_params(),
-        params,
-        6,
-        7,
-        **kw,
-    )
+    return train_tiny(make_sequences(seed=3), make_features(30), tiny_maf_params(), params, **kw)
 
 
 def _training_params(tmp_path: Path, **overrides: Any) -> dict:
-    return {
-        "epochs": 4,
-        "batch_size": 8,
-        "learning_rate": 5e-3,
-        "early_stopping": {"metric": "ndcg@20", "patience": None},
-        "device": "cpu",
-        "checkpoint_dir": str(tmp_path / "checkpoints"),
-        "checkpoint_every": 1,  # a checkpoint per epoch (default auto: as often as costs < 5% of the time)
-        **overrides,
-    }
+    # a checkpoint per epoch (default auto: as often as costs < 5% of the time)
+    return small_training(
+        tmp_path / "checkpoints", epochs=4, learning_rate=5e-3, checkpoint_every=1, **overrides
+    )
 
 
 @pytest.fixture

@@ -112,7 +112,26 @@ def _local_path(dataset: Any) -> Path | None:
 class ParameterSchemaHook:
     """Validates the run's parameters (types, ranges, unknown keys, names that select nothing) and checks that
     every intermediate input the run does not make is on disk, before the first node and before the MLflow
-    run starts: a bad ``--params`` or a deleted intermediate fails at once, named, instead of in a node."""
+    run starts: a bad ``--params`` or a deleted intermediate fails at once, named, instead of in a node.
+    Valid parameters reach the nodes complete: every omitted key at the schema's default."""
+
+    @hook_impl
+    def after_catalog_created(self, catalog: Any, parameters: dict[str, Any]) -> None:
+        """Replace ``parameters`` and every ``params:<dotted.name>`` entry by the default-filled values
+        (invalid parameters are left as they are: ``before_pipeline_run`` reports them)."""
+        from maf_pipeline.parameters import parameter_errors, resolve_parameters
+
+        raw = parameters.get("parameters") or {}
+        if parameter_errors(raw):
+            return
+        quiet = logging.getLogger("kedro.io.data_catalog")  # it warns "Replacing dataset" once per key
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            for name, value in _param_entries(resolve_parameters(raw)):
+                catalog[name] = value
+        finally:
+            quiet.setLevel(level)
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -125,6 +144,32 @@ class ParameterSchemaHook:
 
         validate_parameters(catalog.load("parameters"))
         check_inputs(pipeline, catalog, dict(pipelines))
+
+
+def _block(params: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """Block ``name`` of a run's parameters with the schema's defaults; its defaults alone when the block is
+    invalid (the parameter check, which runs before the first node, reports it)."""
+    from maf_pipeline.parameters import filled
+
+    try:
+        return filled(name, (params or {}).get(name))
+    except ValueError:
+        return filled(name)
+
+
+def _param_entries(params: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``("parameters", all)`` and ``("params:a.b", value)`` for every nested key, as Kedro feeds them."""
+    out: list[tuple[str, Any]] = [("parameters", params)]
+
+    def walk(prefix: str, value: Any) -> None:
+        out.append((f"params:{prefix}", value))
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+
+    for key, value in params.items():
+        walk(str(key), value)
+    return out
 
 
 class MlflowStoreHook:
@@ -147,7 +192,7 @@ class MlflowStoreHook:
         experiment = (conf.get("tracking") or {}).get("experiment") or {}
         name = experiment.get("name") or PACKAGE_NAME  # kedro-mlflow's default: the package's name
         location = (experiment.get("create_experiment_kwargs") or {}).get("artifact_location")
-        busy_s = ((context.params or {}).get("run") or {}).get("mlflow_busy_timeout_s", 60)
+        busy_s = _block(context.params, "run")["mlflow_busy_timeout_s"]
         wait_for_sqlite_store(uri, busy_s)
         prepare_sqlite_store(uri, name, location)
 
@@ -239,7 +284,7 @@ class RunLockHook:
         if self._folder is None or self._lock is not None or int(os.environ.get("RANK", "0")) != 0:
             return  # under torchrun the ranks are one run: rank 0 holds the lock (and alone writes)
         params = catalog.load("parameters") if catalog.exists("parameters") else {}
-        wait_s = (params.get("run") or {}).get("lock_wait_s", 0)
+        wait_s = _block(params, "run")["lock_wait_s"]
         self._lock = FolderLock(self._folder, wait_s, "the project data folder", "run.lock_wait_s").acquire()
 
     @hook_impl
@@ -381,10 +426,10 @@ class MlflowReportingHook:
     def _log_models(self, catalog: Any) -> None:
         import mlflow
 
-        serving = self._params.get("serving") or {}
-        if mlflow.active_run() is None or not serving.get("log_model", True):
+        serving = _block(self._params, "serving")
+        if mlflow.active_run() is None or not serving["log_model"]:
             return
-        models = list(serving.get("models", ["maf"]))
+        models = list(serving["models"])
         trained = [m for m in models if m in self._trained]
         if not trained:  # e.g. a data-side run: no model code (torch) is imported
             return
@@ -408,7 +453,7 @@ class MlflowReportingHook:
             if (
                 model != models[0]
             ):  # the first listed model is `model` (and the registered name), others suffixed
-                params["artifact_path"] = f"{serving.get('artifact_path', 'model')}_{model}"
+                params["artifact_path"] = f"{serving['artifact_path']}_{model}"
                 if serving.get("registered_model_name"):
                     params["registered_model_name"] = f"{serving['registered_model_name']}-{model}"
             info = log_recommender(

@@ -3,7 +3,10 @@
 ``validate_parameters`` checks every block before the first node runs (``hooks.ParameterSchemaHook``):
 types, ranges and unknown keys, so ``--params=preprocessing.k=five`` or a misspelt key fails at once with
 the parameter's dotted name, its value and what is allowed, instead of deep inside a node after every
-upstream node ran. Nodes still receive the plain dictionaries; the schema only checks them.
+upstream node ran. The schema is also the one source of defaults: ``resolve_parameters`` fills every omitted
+key with its default, and the hook hands nodes those filled dictionaries (``params:training`` has every key
+of ``Training``), so node code reads ``p["key"]`` and holds no fallback values of its own. Code that calls
+the library outside Kedro fills a block with ``filled("training", {...})``.
 
 A new parameter is a new field here (the test suite validates ``conf/base`` and every environment).
 Model blocks (``<model>.model``) mirror the constructor arguments of ``maf_pipeline.models.MODELS``
@@ -13,6 +16,7 @@ Model blocks (``<model>.model``) mirror the constructor arguments of ``maf_pipel
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from kedro.validation import ParameterValidationError
@@ -32,6 +36,10 @@ Metric = Annotated[str, Field(pattern=r"^(recall@\d+|ndcg@\d+|mrr)$")]
 DateLike = str | dt.date | None
 
 
+class InvalidBlockError(ValueError):
+    """A block given to :func:`filled` breaks the schema (a line per bad key: dotted name, value, allowed)."""
+
+
 class Block(BaseModel):
     """A parameter block: strict types (no "5" for 5, no 1.5 for an int), unknown keys are errors."""
 
@@ -46,7 +54,7 @@ class DateWindow(Block):
     @classmethod
     def _iso_date(cls, value: DateLike) -> DateLike:
         if isinstance(value, str):
-            dt.date.fromisoformat(value)  # raises "Invalid isoformat string"
+            dt.datetime.fromisoformat(value)  # a date, or an instant with a time; else "Invalid isoformat"
         return value
 
 
@@ -75,17 +83,17 @@ class InteractionOnly(Block):
     seq_separator: str = " "
     user_field: str = "user_id"
     item_field: str = "item_id"
-    rating_field: str | None = None
-    time_field: str | None = None
-    title_fields: list[str] = []
-    text_fields: list[str] = []
-    category_fields: list[str] = []
-    brand_fields: list[str] = []
-    synthetic_start: DateLike = None
+    rating_field: str | None = "rating"
+    time_field: str | None = "timestamp"
+    title_fields: list[str] = ["movie_title", "title", "name"]  # the first present one is the title
+    text_fields: list[str] = ["movie_title", "title", "name", "description", "text"]  # all present, joined
+    category_fields: list[str] = ["class", "genre", "genres", "categories", "category"]  # labels, in order
+    brand_fields: list[str] = ["brand"]
+    synthetic_start: DateLike = "2000-01-01"
     synthetic_step_s: PositiveInt = 1
-    attributes_suffix: str = "_item2attributes.json"
-    max_bad_fraction: Fraction = 0.01
-    first_bad_lines: NonNegativeInt = 10
+    attributes_suffix: str = "_item2attributes.json"  # sibling <name><suffix>: attribute ids -> categories
+    max_bad_fraction: Fraction = 0.01  # user_sequence: share of malformed lines tolerated (counted, skipped)
+    first_bad_lines: NonNegativeInt = 10  # malformed line numbers kept for the report and the warning
 
 
 class Ingestion(Block):
@@ -216,7 +224,7 @@ class Training(Block):
     num_threads: PositiveInt | None = None
     distributed: bool | Literal["auto"] = "auto"
     checkpoint_every: PositiveInt | Literal["auto"] | None = "auto"
-    checkpoint_dir: str = "data/06_models/checkpoints"
+    checkpoint_dir: str | None = None  # None: no checkpoints (conf/base: <data_dir>/06_models/checkpoints)
     keep_checkpoint: bool = False
     lock_wait_s: NonNegativeFloat | None = 0
 
@@ -367,13 +375,26 @@ class Serving(Block):
 
 # -------------------------------------------------------------------- compare
 class Grid(Block):
+    """The paper's grid (d', lambda, F); any other key is one more axis: a list of values of that MAF key."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
     enabled: bool = False
     d_mm: list[PositiveInt] = []
-    mtl_lambda: list[NonNegativeFloat] = []
+    mtl_lambda: list[Annotated[int | float, Field(ge=0)]] = []  # 5 stays 5: the grid's labels show it
     fusion: list[Literal["sum", "concat", "gate"]] = []
     seeds: list[int] | None = None
     metric: Metric = "ndcg@20"
     fixed: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _axes_are_maf_keys(self) -> Grid:
+        extra = self.model_extra or {}
+        unknown = sorted(k for k in extra if k not in MAFBlock.model_fields or k == "architecture")
+        if unknown:
+            raise ValueError(f"{unknown}: unknown parameter(s); an extra grid key is an axis over a MAF key")
+        if not_lists := sorted(k for k, v in extra.items() if not isinstance(v, list)):
+            raise ValueError(f"{not_lists}: a grid axis is a list of values")
+        return self
 
 
 class Parallel(Block):
@@ -385,9 +406,9 @@ class Compare(Block):
     parallel: Parallel = Parallel()
     models: list[str] = []
     seeds: list[int] = [42]
-    protocols: list[Literal["full", "sampled"]] = ["full"]
-    metrics: list[Metric] = []
-    figure_metrics: list[Metric] = []
+    protocols: Annotated[list[Literal["full", "sampled"]], Field(min_length=1)] = ["full"]
+    metrics: Annotated[list[Metric], Field(min_length=1)] = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+    figure_metrics: Annotated[list[Metric], Field(min_length=1)] = ["recall@20", "ndcg@20"]
     training: dict[str, Any] = {}
     model_training: dict[str, dict[str, Any]] = {}
     evaluation: dict[str, Any] = {}
@@ -619,6 +640,38 @@ def parameter_errors(params: dict[str, Any]) -> list[str]:
         errors += _messages(err, Parameters, ())
     errors += _check_model_blocks(params)
     return errors if errors else _check_names(params)
+
+
+def filled(block: str, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The block at dotted path ``block`` ("training", "ingestion.interaction_only") validated, with every
+    omitted key at the schema's default; ``InvalidBlockError`` (a ``ValueError``) names each bad key."""
+    schema: Any = Parameters
+    for part in block.split("."):
+        schema = schema.model_fields[part].annotation
+    try:
+        return schema.model_validate(dict(values or {})).model_dump()
+    except ValidationError as err:
+        raise InvalidBlockError("\n".join(_messages(err, schema, tuple(block.split("."))))) from None
+
+
+def filled_model(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A model block (``<name>.model``) validated against its architecture's schema, defaults filled in."""
+    arch = values.get("architecture")
+    if arch not in MODEL_BLOCKS:
+        raise ValueError(f"model block architecture {arch!r}: not one of {sorted(MODEL_BLOCKS)}")
+    return MODEL_BLOCKS[arch].model_validate(dict(values)).model_dump()
+
+
+def resolve_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's parameters as nodes receive them: validated (``ParameterValidationError`` otherwise), every
+    block and model block complete with the schema's defaults."""
+    validate_parameters(dict(params))
+    known = {k: v for k, v in params.items() if k in BLOCKS}
+    out = Parameters.model_validate(known).model_dump()
+    for name, block in params.items():
+        if name not in BLOCKS:
+            out[name] = {"model": filled_model(block["model"])}
+    return out
 
 
 def validate_parameters(params: dict[str, Any]) -> None:

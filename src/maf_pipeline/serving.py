@@ -100,7 +100,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
                 for u, h in zip(histories["user_id"], histories["items"], strict=True)
             },
         )
-        self.default_k = int(context.model_config.get("k", 10)) if context.model_config else 10
+        self.default_k = int(context.model_config["k"])  # log_recommender writes serving.k there
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -158,7 +158,7 @@ def log_recommender(
 ) -> Any:
     """Log a trained model (``<model>.trained_model`` file + the tables it needs) to the active MLflow run as
     a pyfunc ``RecommenderModel``; registered under ``serving.registered_model_name`` when that is set."""
-    k = int(serving_params.get("k", 10))
+    k = int(serving_params["k"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         item_index[["item_idx", "item_id"]].to_parquet(folder / ARTIFACTS["item_index"], index=False)
@@ -176,7 +176,7 @@ def log_recommender(
         example = pd.DataFrame({"user_id": [next(iter(histories), "")], "history": [None]})
         with _quiet_progress():
             return mlflow.pyfunc.log_model(
-                name=str(serving_params.get("artifact_path", "model")),
+                name=str(serving_params["artifact_path"]),
                 python_model=str(folder / "recommender_model.py"),
                 artifacts=artifacts,
                 code_paths=[str(Path(__file__).parent)],
@@ -184,7 +184,7 @@ def log_recommender(
                 input_example=example,
                 model_config={"k": k},
                 pip_requirements=_requirements(),
-                registered_model_name=serving_params.get("registered_model_name") or None,
+                registered_model_name=serving_params["registered_model_name"] or None,
             )
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from maf_pipeline.training import train_model
 
 
 def make_features(num_items: int, seed: int = 0, dims: tuple[int, int, int] = (12, 8, 5)) -> dict[str, dict]:
@@ -74,3 +78,27 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def small_training(checkpoints: Path | None, **overrides: Any) -> dict[str, Any]:
+    """A training block for the tiny data: 3 epochs, batches of 8, lr 1e-2, no early stop, on the CPU, with
+    checkpoints under ``checkpoints`` (None: none); every other key at the schema's default."""
+    return {
+        "epochs": 3,
+        "batch_size": 8,
+        "learning_rate": 1e-2,
+        "early_stopping": {"metric": "ndcg@20", "patience": None},
+        "device": "cpu",
+        "checkpoint_dir": None if checkpoints is None else str(checkpoints),
+        **overrides,
+    }
+
+
+def train_tiny(
+    data: dict, features: dict, model_params: dict, params: dict, max_len: int = 6, seed: int = 7, **kw: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``train_model`` on ``make_sequences`` / ``make_features`` output: the artifact and the history."""
+    return train_model(
+        data["train_sequences"], data["valid_sequences"], data["item_index"], features["image"],
+        features["text"], features["category"], model_params, params, max_len, seed, **kw,
+    )  # fmt: skip

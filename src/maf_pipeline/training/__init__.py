@@ -7,7 +7,7 @@ from .batching import OBJECTIVES, epoch_order, host_batch, to_device, training_w
 from .checkpoints import checkpoint_interval, save_checkpoint
 from .ddp import init_distributed
 from .loop import configure_training_loss, fit, seed_everything
-from .trainer import train_model
+from .trainer import train_model, train_on
 
 __all__ = [
     "OBJECTIVES",
@@ -21,5 +21,6 @@ __all__ = [
     "seed_everything",
     "to_device",
     "train_model",
+    "train_on",
     "training_windows",
 ]

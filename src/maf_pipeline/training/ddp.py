@@ -16,12 +16,12 @@ logger = logging.getLogger(__name__)
 def init_distributed(training_params: dict[str, Any]) -> tuple[int, int]:
     """``(rank, world_size)``; under ``torchrun`` (``WORLD_SIZE`` > 1, ``training.distributed: auto``)
     joins the process group (NCCL on CUDA, else gloo) once. ``distributed: false`` trains in one process."""
-    setting = training_params.get("distributed", "auto")
+    setting = training_params["distributed"]
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if setting is False or world <= 1 or not dist.is_available():
         return 0, 1
     if not dist.is_initialized():
-        cuda = torch.cuda.is_available() and training_params.get("device", "auto") != "cpu"
+        cuda = torch.cuda.is_available() and training_params["device"] != "cpu"
         dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), dist.get_world_size()
 

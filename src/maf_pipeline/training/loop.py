@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from maf_pipeline.metrics import pad_right, rank_targets, summarize
 from maf_pipeline.models import SequentialRecommender
+from maf_pipeline.parameters import filled
 from maf_pipeline.progress import progress
 
 from .batching import epoch_order, host_batch, to_device
@@ -61,13 +62,12 @@ def _target_counts(targets: np.ndarray, num_items: int) -> torch.Tensor:
 
 def configure_training_loss(model: SequentialRecommender, targets: np.ndarray, p: dict[str, Any]) -> None:
     """Set the model's next-item loss from ``training.loss`` (full / sampled_softmax) and its options."""
-    loss = p.get("loss", "full") or "full"
-    sampling = p.get("negative_sampling", "uniform")
+    loss = p["loss"]
     model.configure_loss(
         loss,
-        chunk_size=p.get("loss_chunk_size"),
-        num_negatives=int(p.get("num_negatives", 256)),
-        negative_sampling=sampling,
+        chunk_size=p["loss_chunk_size"],
+        num_negatives=int(p["num_negatives"]),
+        negative_sampling=p["negative_sampling"],
         target_counts=_target_counts(targets, model.num_items) if loss == "sampled_softmax" else None,
     )
 
@@ -96,7 +96,7 @@ def make_optimizer(model: torch.nn.Module, p: dict[str, Any], device: torch.devi
     return torch.optim.Adam(
         model.parameters(),
         lr=float(p["learning_rate"]),
-        weight_decay=float(p.get("weight_decay", 0.0)),
+        weight_decay=float(p["weight_decay"]),
         **({"fused": True} if device.type == "cuda" else {}),
     )
 
@@ -106,7 +106,7 @@ def make_step(
 ) -> Callable[[dict], dict]:
     """The training step: compiled on request, and under ``torch.distributed`` wrapped in
     DistributedDataParallel (``broadcast_buffers`` off: the fixed feature tables are equal on every rank)."""
-    step = _step_function(model, p.get("compile", False))
+    step = _step_function(model, p["compile"])
     if world()[1] > 1:
         ids = [device.index] if device.type == "cuda" else None
         step = torch.nn.parallel.DistributedDataParallel(
@@ -154,9 +154,9 @@ def train_epoch(
     """
     inputs, targets, lengths = data["inputs"], data["targets"], data["lengths"]
     batch_size, (rank, size) = int(p["batch_size"]), world()
-    with_items, use_bf16 = bool(getattr(model, "modalities", ())), bool(p.get("bf16", False))
+    with_items, use_bf16 = bool(getattr(model, "modalities", ())), bool(p["bf16"])
     model.train()
-    order = epoch_order(lengths, batch_size, int(p.get("length_grouping", 0) or 0), epoch_seed)
+    order = epoch_order(lengths, batch_size, int(p["length_grouping"]), epoch_seed)
     sums: dict[str, Any] = {}
     for b in progress(range(num_batches(len(inputs), batch_size)), desc=f"epoch {epoch}", leave=False):
         idx = order[b * batch_size : (b + 1) * batch_size]
@@ -171,7 +171,7 @@ def train_epoch(
             parts = step(batch)
         optimizer.zero_grad(set_to_none=True)
         (parts["loss"] * share if size > 1 else parts["loss"]).backward()
-        if p.get("grad_clip"):
+        if p["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), float(p["grad_clip"]))
         optimizer.step()
         for k, v in parts.items():  # summed on the device: no host sync per batch
@@ -199,12 +199,12 @@ def validate(
     rank, size = world()
     users = np.arange(len(valid_targets))[rank::size]
     ranks = rank_targets(
-        model, valid_padded[users], valid_targets[users], model.max_len, int(p.get("eval_batch_size", 512)),
-        device=device, desc="validation", max_scores=p.get("eval_max_scores"),
+        model, valid_padded[users], valid_targets[users], model.max_len, int(p["eval_batch_size"]),
+        device=device, desc="validation", max_scores=p["eval_max_scores"],
     )  # fmt: skip
     if size > 1:
         ranks = gather_ranks(ranks, len(valid_targets))
-    valid = summarize(ranks, list(p.get("ks", [10, 20])))
+    valid = summarize(ranks, list(p["ks"]))
     if metric not in valid:
         raise ValueError(f"early_stopping.metric {metric!r} is not one of {sorted(valid)}")
     return valid
@@ -302,10 +302,9 @@ def fit(
     every epoch's validation metrics after the checkpoint is written (a tuner reports them and may raise to
     prune the run); ``on_epoch_end(epoch)`` is called last.
     """
-    p = training_params
+    p = filled("training", training_params)  # the schema's defaults for keys a library caller omits
     epochs = int(p["epochs"])
-    stop = p.get("early_stopping", {}) or {}
-    metric, patience = stop.get("metric", "ndcg@20"), stop.get("patience")
+    metric, patience = p["early_stopping"]["metric"], p["early_stopping"]["patience"]
     configure_training_loss(model, targets, p)
     optimizer = make_optimizer(model, p, device)
     step = make_step(model, p, device)
@@ -313,7 +312,7 @@ def fit(
     resumed_epochs = state["epoch"]  # epochs trained by an earlier process (their time is in the history)
     data = {"inputs": inputs, "targets": targets, "lengths": (inputs > 0).sum(axis=1)}
     valid_padded = pad_right(valid_histories, model.max_len)
-    schedule = _CheckpointSchedule(p.get("checkpoint_every", "auto"), state["epoch"])
+    schedule = _CheckpointSchedule(p["checkpoint_every"], state["epoch"])
     while not should_stop(state, epochs, patience):
         epoch = state["epoch"] + 1
         started = time.perf_counter()

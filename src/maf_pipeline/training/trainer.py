@@ -19,7 +19,9 @@ import torch
 
 from maf_pipeline.devices import resolve_device
 from maf_pipeline.locks import folder_lock
+from maf_pipeline.model_inputs import ModelInputs
 from maf_pipeline.models import SequentialRecommender, build_model, feature_tables
+from maf_pipeline.parameters import filled, filled_model
 
 from .batching import training_windows
 from .checkpoints import NON_SEMANTIC, fingerprint, to_cpu_state
@@ -31,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 def training_device(training_params: dict[str, Any], rank: int, size: int) -> torch.device:
     """``training.device``; under ``torchrun`` on CUDA one GPU per rank (its ``LOCAL_RANK``)."""
-    device = resolve_device(training_params.get("device", "auto"))
+    device = resolve_device(training_params["device"])
     if size > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
@@ -63,7 +65,7 @@ def checkpoint_file(
         model_params, semantic, seed, max_len, model.num_items, data["inputs"], data["targets"],
         data["valid_targets"], used,
     )  # fmt: skip
-    folder = training_params.get("checkpoint_dir")
+    folder = training_params["checkpoint_dir"]
     return (Path(folder) / name / key / "checkpoint.pt" if folder else None), key
 
 
@@ -108,18 +110,18 @@ def train_model(
     ``training.checkpoint_dir/<architecture>/<hash of config + data>/`` makes a killed run resume.
     """
     started = time.perf_counter()
-    name = model_params.get("architecture")
-    if not name:
+    if not model_params.get("architecture"):
         raise ValueError("the model parameter block needs an 'architecture' key (e.g. maf, sasrec)")
+    # the schema's defaults for keys a library caller omits (a Kedro run's blocks are complete already)
+    model_params, training_params = filled_model(model_params), filled("training", training_params)
+    name = model_params["architecture"]
     max_len, seed = int(max_len), int(seed)
     rank, size = init_distributed(training_params)
     device = training_device(training_params, rank, size)
-    if training_params.get("num_threads"):
+    if training_params["num_threads"]:
         torch.set_num_threads(int(training_params["num_threads"]))
     features = feature_tables(image_features, text_features, category_features)
-    data = model_inputs(
-        train_sequences, valid_sequences, max_len, training_params.get("objective", "all_positions")
-    )
+    data = model_inputs(train_sequences, valid_sequences, max_len, training_params["objective"])
     seed_everything(seed)
     num_items = int(item_index["item_idx"].max())
     model = build_model(name, num_items, max_len, model_params, features).to(device)
@@ -127,20 +129,37 @@ def train_model(
     logger.info(
         "training %s: %s parameters, %d items, %d windows (%s), %d valid users, device %s",
         name, f"{sum(p.numel() for p in model.parameters()):,}", num_items, len(data["inputs"]),
-        training_params.get("objective", "all_positions"), len(data["valid_targets"]), device,
+        training_params["objective"], len(data["valid_targets"]), device,
     )  # fmt: skip
     # one run at a time on a checkpoint folder: a second fails naming the first, or waits lock_wait_s
     # (under DDP the ranks are one run: rank 0 holds the lock and writes)
-    folder, wait_s = (ckpt.parent if ckpt and rank == 0 else None), training_params.get("lock_wait_s", 0)
+    folder, wait_s = (ckpt.parent if ckpt and rank == 0 else None), training_params["lock_wait_s"]
     with folder_lock(folder, wait_s, "training checkpoint folder", "training.lock_wait_s"):
         history = fit(
             model, data["inputs"], data["targets"], data["valid_histories"], data["valid_targets"],
             training_params, seed, ckpt, device, on_epoch_end, on_validation,
         )  # fmt: skip
-        if ckpt is not None and rank == 0 and not training_params.get("keep_checkpoint", False):
+        if ckpt is not None and rank == 0 and not training_params["keep_checkpoint"]:
             shutil.rmtree(ckpt.parent, ignore_errors=True)
     resumed = sum(e["seconds"] for e in history["epochs"][: history["resumed_epochs"]])
     # a resumed run's wall time includes its earlier processes' epochs, not only this process
     history.update(architecture=name, seed=seed, device=str(device), num_windows=len(data["inputs"]),
                    world_size=size, total_seconds=time.perf_counter() - started + resumed)  # fmt: skip
     return artifact(model, name, model_params, max_len, seed, history, key, features), history
+
+
+def train_on(
+    inputs: ModelInputs,
+    model_params: dict[str, Any],
+    training_params: dict[str, Any],
+    max_len: int,
+    seed: int,
+    on_epoch_end: Callable[[int], None] | None = None,
+    on_validation: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`train_model` on bundled :class:`~maf_pipeline.model_inputs.ModelInputs` (compare, tune, the
+    benchmarks: many models on the same inputs)."""
+    return train_model(
+        inputs.train_sequences, inputs.valid_sequences, inputs.item_index, *inputs.features, model_params,
+        training_params, max_len, seed, on_epoch_end, on_validation,
+    )  # fmt: skip

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
+from maf_pipeline.model_inputs import ModelInputs, bundle_model_inputs
 from maf_pipeline.models import MODELS
+from maf_pipeline.parameters import filled, filled_model
 from maf_pipeline.pipelines.compare.nodes import (
     RUN_COLUMNS,
     deep_merge,
@@ -22,16 +26,19 @@ from maf_pipeline.pipelines.compare.nodes import (
 from maf_pipeline.pipelines.compare.pipeline import TAG, create_compare_pipeline, create_pipeline
 from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
 
+REPO = Path(__file__).resolve().parents[3]
 METRICS = {"recall@10", "ndcg@10", "recall@20", "ndcg@20", "mrr"}
 
 
 @pytest.fixture(scope="module")
-def shared() -> list:
+def shared() -> ModelInputs:
     data, feats = make_sequences(num_users=20, num_items=30, seed=2), make_features(30)
-    return [
-        data["train_sequences"], data["valid_sequences"], data["test_sequences"], data["item_index"],
-        feats["image"], feats["text"], feats["category"],
-    ]  # fmt: skip
+    return ModelInputs(
+        **data,
+        image_features=feats["image"],
+        text_features=feats["text"],
+        category_features=feats["category"],
+    )
 
 
 @pytest.fixture
@@ -48,14 +55,16 @@ def settings(tmp_path: Path):
         "checkpoint_dir": str(tmp_path / "ckpt"),
     }
     evaluation = {"protocol": "full", "num_negatives": 5, "ks": [10, 20], "device": "cpu"}
-    compare = {"models": ["pop", "sasrec", "maf"], "seeds": [1, 2], "protocols": ["full", "sampled"]}
+    compare = filled(
+        "compare", {"models": ["pop", "sasrec", "maf"], "seeds": [1, 2], "protocols": ["full", "sampled"]}
+    )
     yield {"compare": compare, "training": training, "evaluation": evaluation}
     torch.set_num_threads(threads)
 
 
 def run(shared, block, settings, name, **compare):
-    c = {**settings["compare"], **compare}
-    return run_model(*shared, block, c, settings["training"], settings["evaluation"], 6, 0, name)
+    c = filled("compare", {**settings["compare"], **compare})
+    return run_model(shared, block, c, settings["training"], settings["evaluation"], 6, 0, name)
 
 
 def test_deep_merge_overrides_nested_keys_only() -> None:
@@ -83,44 +92,49 @@ def test_run_model_loops_over_seeds_and_protocols(shared, settings) -> None:
 
 
 def test_popularity_is_one_deterministic_run(shared, settings) -> None:
-    runs = run_popularity(*shared[:4], settings["compare"], settings["evaluation"], 0)
+    sequences = (shared.train_sequences, shared.valid_sequences, shared.test_sequences, shared.item_index)
+    runs = run_popularity(*sequences, settings["compare"], settings["evaluation"], 0)
     assert runs["variant"].unique().tolist() == ["pop"] and runs["seed"].isna().all()
     assert len(runs) == 2 * 2 * len(METRICS)
-    assert run_popularity(*shared[:4], {**settings["compare"], "models": ["maf"]}, {}, 0).empty
+    assert run_popularity(*sequences, {**settings["compare"], "models": ["maf"]}, {}, 0).empty
 
 
 def test_feature_baseline_is_skipped_without_features(shared, settings) -> None:
     empty = {"features": torch.zeros(31, 4)}
-    no_features = [*shared[:4], empty, empty, empty]
+    no_features = replace(shared, image_features=empty, text_features=empty, category_features=empty)
     block = {"architecture": "fdsa", "d": 16, "n_layers": 1, "n_heads": 2}
     c = {**settings["compare"], "models": ["fdsa"]}
-    assert run_model(*no_features, block, c, settings["training"], settings["evaluation"], 6, 0, "fdsa").empty
+    block = filled_model(block)
+    assert run_model(no_features, block, c, settings["training"], settings["evaluation"], 6, 0, "fdsa").empty
 
 
 def test_maf_variants_reuse_the_table2_maf_runs(shared, settings) -> None:
-    maf = tiny_maf_params()
+    maf = filled_model(tiny_maf_params())
     maf_runs = run(shared, maf, settings, "maf")
     variants = {"Sum": {"fusion": "sum"}, "Gate": {"fusion": "gate"}}
     c, t, e = settings["compare"], settings["training"], settings["evaluation"]
-    runs = run_maf_variants(*shared, maf, maf_runs, variants, c, t, e, 6, 0)
+    runs = run_maf_variants(shared, maf, maf_runs, variants, c, t, e, 6, 0)
     assert list(dict.fromkeys(runs["variant"])) == ["Sum", "Gate"]
     reused = runs[runs["variant"] == "Sum"].drop(columns="variant").reset_index(drop=True)
     pd.testing.assert_frame_equal(reused, maf_runs.drop(columns="variant").reset_index(drop=True))
     assert runs[runs["variant"] == "Gate"]["config"].str.contains("fusion=gate").all()
     # without Table 2's runs (MAF not selected) the reference variant is trained
-    alone = run_maf_variants(*shared, maf, maf_runs.iloc[0:0], {"Sum": {}}, c, t, e, 6, 0)
+    alone = run_maf_variants(shared, maf, maf_runs.iloc[0:0], {"Sum": {}}, c, t, e, 6, 0)
     assert len(alone) == len(reused) and (alone["train_seconds"] > 0).all()
-    assert run_maf_variants(*shared, maf, maf_runs, {}, c, t, e, 6, 0).empty
+    assert run_maf_variants(shared, maf, maf_runs, {}, c, t, e, 6, 0).empty
     image_only = {"Image": {"modalities": ["image"]}}
-    no_image = [*shared[:4], {"features": torch.zeros(31, 12)}, *shared[5:]]
-    assert run_maf_variants(*no_image, maf, maf_runs, image_only, c, t, e, 6, 0).empty
+    no_image = replace(shared, image_features={"features": torch.zeros(31, 12)})
+    assert run_maf_variants(no_image, maf, maf_runs, image_only, c, t, e, 6, 0).empty
 
 
 def test_grid_search_selects_on_validation_only(shared, settings) -> None:
-    maf = tiny_maf_params()
-    grid = {"enabled": True, "d_mm": [4, 8, 32], "mtl_lambda": [5], "fusion": ["sum", "concat"], "seeds": [3]}
+    maf = filled_model(tiny_maf_params())
+    grid = filled(
+        "compare.grid",
+        {"enabled": True, "d_mm": [4, 8, 32], "mtl_lambda": [5], "fusion": ["sum", "concat"], "seeds": [3]},
+    )
     c, t, e = settings["compare"], settings["training"], settings["evaluation"]
-    runs, selection = run_grid_search(*shared, maf, grid, c, t, e, 6, 0)
+    runs, selection = run_grid_search(shared, maf, grid, c, t, e, 6, 0)
     assert set(runs["variant"].unique()) == {
         f"d_mm={d}, mtl_lambda=5, fusion={f}" for d in (4, 8) for f in ("sum", "concat")
     }
@@ -136,12 +150,13 @@ def test_grid_search_selects_on_validation_only(shared, settings) -> None:
     assert selection["split"] == "valid" and (runs["seed"] == 3).all()
     assert resolve_maf_config(maf, selection) == {**maf, **selection["best"]}
     levers = {"enabled": True, "d_mm": [8], "mm_dropout": [0.0, 0.3], "side_values": [True], "seeds": [3]}
-    runs, selection = run_grid_search(*shared, maf, {**levers, "fixed": {"scale": "model"}}, c, t, e, 6, 0)
+    levers = filled("compare.grid", {**levers, "fixed": {"scale": "model"}})
+    runs, selection = run_grid_search(shared, maf, levers, c, t, e, 6, 0)
     assert set(runs["variant"]) == {f"d_mm=8, mm_dropout={p}, side_values=True" for p in (0.0, 0.3)}
     assert set(selection["best"]) == {"scale", "d_mm", "mm_dropout", "side_values"}
     assert selection["best"]["scale"] == "model" and selection["best"]["side_values"] is True
     assert "side_values=True" in runs["config"].iloc[0] and "scale=model" in runs["config"].iloc[0]
-    off_runs, off = run_grid_search(*shared, maf, {"enabled": False}, c, t, e, 6, 0)
+    off_runs, off = run_grid_search(shared, maf, filled("compare.grid"), c, t, e, 6, 0)
     assert off_runs.empty and off == {"enabled": False, "best": {}}
     assert resolve_maf_config(maf, off) == maf
 
@@ -152,9 +167,9 @@ def test_concurrent_runs_equal_the_sequential_runs(shared, settings) -> None:
     sasrec = {"architecture": "sasrec", "d": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
     training = {**settings["training"], "num_threads": 1}
     c = {**settings["compare"], "protocols": ["full"]}
-    args = (*shared, sasrec, c, training, settings["evaluation"], 6, 0, "sasrec")
-    sequential = run_model(*args[:8], {**c, "parallel": {"workers": 1}}, *args[9:])
-    concurrent = run_model(*args[:8], {**c, "parallel": {"workers": 2}}, *args[9:])
+    args = (shared, sasrec, c, training, settings["evaluation"], 6, 0, "sasrec")
+    sequential = run_model(*args[:2], filled("compare", {**c, "parallel": {"workers": 1}}), *args[3:])
+    concurrent = run_model(*args[:2], filled("compare", {**c, "parallel": {"workers": 2}}), *args[3:])
     keep = [col for col in RUN_COLUMNS if col != "train_seconds"]
     pd.testing.assert_frame_equal(sequential[keep], concurrent[keep])
     assert sequential["seed"].nunique() == 2
@@ -163,12 +178,29 @@ def test_concurrent_runs_equal_the_sequential_runs(shared, settings) -> None:
 def test_worker_devices() -> None:
     if not torch.cuda.is_available():
         assert worker_devices({"workers": "auto", "runs_per_gpu": 3}, 10) == ["cpu"]
-        assert worker_devices({"workers": 4}, 3) == ["cpu"] * 3
+        assert worker_devices({"workers": 4, "runs_per_gpu": 1}, 3) == ["cpu"] * 3
     else:
         n = torch.cuda.device_count()
         assert len(worker_devices({"workers": "auto", "runs_per_gpu": 2}, 100)) == 2 * n
     with pytest.raises(ValueError, match="workers"):
-        worker_devices({"workers": 0}, 3)
+        worker_devices({"workers": 0, "runs_per_gpu": 1}, 3)
+
+
+def test_model_runs_read_the_inputs_bundled_once() -> None:
+    """The seven model inputs reach every run node as one ModelInputs, passed by reference (no deep copy of
+    the feature tables per node); the popularity floor reads only the sequences (its true lineage)."""
+    compare = create_compare_pipeline()
+    bundle = next(n for n in compare.nodes if n.name == "compare.bundle_model_inputs")
+    assert bundle.outputs == ["compare.model_inputs"] and len(bundle.inputs) == 7
+    runs = [n for n in compare.nodes if n.name.startswith("compare.run_") and n.name != "compare.run_pop"]
+    assert runs and all(n.inputs[0] == "compare.model_inputs" for n in runs)
+    pop = next(n for n in compare.nodes if n.name == "compare.run_pop")
+    assert "compare.model_inputs" not in pop.inputs and "image_features" not in pop.inputs
+    catalog = yaml.safe_load((REPO / "conf" / "base" / "catalog.yml").read_text())
+    assert catalog["compare.model_inputs"]["copy_mode"] == "assign"
+    given = {name: object() for name in bundle.inputs}  # each field holds its dataset itself, not a copy
+    inputs = bundle_model_inputs(*given.values())
+    assert all(getattr(inputs, name) is value for name, value in given.items())
 
 
 def test_pipeline_has_a_node_per_model_and_experiment() -> None:

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from maf_pipeline.parameters import filled
 from maf_pipeline.pipelines.compare.nodes import empty_runs
 from maf_pipeline.pipelines.compare.reporting import (
     build_figure3,
@@ -18,7 +19,11 @@ from maf_pipeline.pipelines.compare.reporting import (
     summarise,
 )
 
-COMPARE = {"models": ["pop", "sasrec", "maf"], "protocols": ["full"], "metrics": ["recall@10", "ndcg@10"]}
+EVALUATION = filled("evaluation")
+COMPARE = filled(
+    "compare",
+    {"models": ["pop", "sasrec", "maf"], "protocols": ["full"], "metrics": ["recall@10", "ndcg@10"]},
+)
 
 
 def runs(
@@ -59,7 +64,7 @@ def test_summarise_mean_std_and_rank() -> None:
 
 
 def test_table2_marks_best_bold_and_second_underlined() -> None:
-    text, csv = build_table2(COMPARE, {"num_negatives": 100}, **table2_inputs())
+    text, csv = build_table2(COMPARE, EVALUATION, **table2_inputs())
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert lines["Metric"] == "| Metric | Pop | SASRec | MAF |"
     assert "**0.4100 ± 0.0141**" in lines["Recall@10"] and "<u>0.3200 ± 0.0283</u>" in lines["Recall@10"]
@@ -67,13 +72,13 @@ def test_table2_marks_best_bold_and_second_underlined() -> None:
     assert "| 0.0500 |" in lines["Recall@10"]  # one run: no ± part
     assert "seeds [1, 2]" in text and "GRU4Rec" not in text
     assert set(csv.columns) == {"protocol", "split", "metric", "column", "mean", "std", "n", "rank"}
-    empty_text, empty_csv = build_table2({"models": []}, {})
+    empty_text, empty_csv = build_table2({**COMPARE, "models": []}, EVALUATION)
     assert "No model was selected" in empty_text and empty_csv.empty
 
 
 def test_table2_names_models_that_could_not_run() -> None:
     inputs = {**table2_inputs(), "fdsa": empty_runs()}
-    text, _ = build_table2({**COMPARE, "models": ["pop", "sasrec", "maf", "fdsa"]}, {}, **inputs)
+    text, _ = build_table2({**COMPARE, "models": ["pop", "sasrec", "maf", "fdsa"]}, EVALUATION, **inputs)
     assert "Not run on this data set (no usable features): fdsa." in text
 
 
@@ -85,7 +90,7 @@ def test_variant_table_and_table4_improvement() -> None:
         ]
     )
     variants = {"Sum": {"fusion": "sum"}, "Gate": {"fusion": "gate"}}
-    text, csv = build_variant_table(fusion, variants, COMPARE, {}, "Table 3")
+    text, csv = build_variant_table(fusion, variants, COMPARE, EVALUATION, "Table 3")
     assert "| Recall@10 | **0.5000 ± 0.0000** | 0.4000 ± 0.0000 |" in text
     assert "<u>" not in text and len(csv) == 4
     mtl = pd.concat(
@@ -95,14 +100,14 @@ def test_variant_table_and_table4_improvement() -> None:
         ]
     )
     text4, csv4 = build_table4(
-        mtl, {"without": {"multitask": False}, "with": {"multitask": True}}, COMPARE, {}
+        mtl, {"without": {"multitask": False}, "with": {"multitask": True}}, COMPARE, EVALUATION
     )
     assert "| Metric | with | without | % Improved |" in text4  # "with" found by its multitask override
     pct = csv4.drop_duplicates("metric").set_index("metric")["improvement_pct"]
     assert pct["recall@10"] == pytest.approx(5.0) and pct["ndcg@10"] == pytest.approx(-5.0)
     assert "+5.00%" in text4 and "-5.00%" in text4
-    assert "Not run" in build_table4(mtl, {"only": {}}, COMPARE, {})[0]
-    assert "Not run" in build_variant_table(empty_runs(), variants, COMPARE, {}, "Table 3")[0]
+    assert "Not run" in build_table4(mtl, {"only": {}}, COMPARE, EVALUATION)[0]
+    assert "Not run" in build_variant_table(empty_runs(), variants, COMPARE, EVALUATION, "Table 3")[0]
 
 
 def test_figure3_draws_one_bar_per_variant_and_metric() -> None:
@@ -111,12 +116,12 @@ def test_figure3_draws_one_bar_per_variant_and_metric() -> None:
         for i, v in enumerate(["Image", "Text", "Category", "All"], start=1)
     )
     variants = {v: {} for v in ["Image", "Text", "Category", "All"]}
-    fig, csv = build_figure3(modal, variants, {"figure_metrics": ["recall@20", "ndcg@20"]})
+    fig, csv = build_figure3(modal, variants, {**COMPARE, "figure_metrics": ["recall@20", "ndcg@20"]})
     assert isinstance(fig, Figure) and len(csv) == 8
     (ax,) = fig.axes
     heights = sorted(round(p.get_height(), 4) for p in ax.patches)
     assert heights == sorted([0.1, 0.2, 0.3, 0.4, 0.05, 0.1, 0.15, 0.2])
-    empty_fig, empty_csv = build_figure3(empty_runs(), variants, {})
+    empty_fig, empty_csv = build_figure3(empty_runs(), variants, COMPARE)
     assert isinstance(empty_fig, Figure) and empty_csv.empty
 
 

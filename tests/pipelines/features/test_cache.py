@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from maf_pipeline.parameters import filled
 from maf_pipeline.pipelines.features import nodes
 from maf_pipeline.pipelines.features.nodes import encode_texts
 from maf_pipeline.pipelines.features.stores import CacheTable, FeatureCache, settings_hash
@@ -94,9 +95,9 @@ def test_interrupted_encoding_keeps_finished_shards(cfg, params, tmp_path, monke
 
     monkeypatch.setattr(nodes, "pool", crash_on_the_fourth_batch)
     with pytest.raises(RuntimeError, match="killed"):
-        encode_texts(index, items, cache, cfg, {"enabled": True, "flush_every": 2}, 0)
+        encode_texts(index, items, cache, cfg, filled("features.cache", {"flush_every": 2}), 0)
     monkeypatch.setattr(nodes, "pool", real_pool)
-    out = encode_texts(index, items, cache, cfg, {"enabled": True, "flush_every": 2}, 0)
+    out = encode_texts(index, items, cache, cfg, filled("features.cache", {"flush_every": 2}), 0)
     # batches 1-2 were flushed as a shard, batch 3 when batch 4 failed: only batches 4 and 5 are redone
     assert (out["__metadata__"]["cache_hits"], out["__metadata__"]["encoded"]) == (3, 2)
     assert len(list((tmp_path / "cache" / "text").glob("*/shard-*.safetensors"))) == 3

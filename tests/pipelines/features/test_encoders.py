@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from maf_pipeline.parameters import filled
 from maf_pipeline.pipelines.features import encoders
 from maf_pipeline.pipelines.features.encoders import (
     VGGFc7,
@@ -25,7 +26,7 @@ from maf_pipeline.pipelines.features.stores import FeatureCache, ImageFolder
 
 from .conftest import closed_port, jpeg_bytes
 
-NO_CACHE = {"enabled": False, "flush_every": 1000}
+NO_CACHE = filled("features.cache", {"enabled": False, "flush_every": 1000})
 
 
 @contextlib.contextmanager
@@ -80,7 +81,7 @@ def test_vgg16_and_bert_load_local_checkpoints_through_the_same_code_path(
 @pytest.mark.slow
 def test_vgg_fc7_extractor_holds_the_checkpoint_and_stops_after_the_second_relu(vgg16_checkpoint):
     choice = resolve_image_weights(
-        {"arch": "vgg16", "weights": str(vgg16_checkpoint), "allow_download": False}
+        filled("features.image_encoder", {"weights": str(vgg16_checkpoint), "allow_download": False})
     )
     model = build_image_encoder("vgg16", choice, seed=0)
     state = torch.load(vgg16_checkpoint, weights_only=True, mmap=True)

@@ -87,7 +87,7 @@ def test_forcing_a_format(write_raw):
     # forcing the wrong family: every line lacks the 2023 keys, so the bad share is 100%
     with pytest.raises(IngestionError, match=r"r\.json: 3 of 3 lines .*missing_field: 3"):
         ingest_reviews(source, {"format": "2023"}, OPEN_WINDOW)
-    with pytest.raises(IngestionError, match="must be auto or one of"):
+    with pytest.raises(ValueError, match=r"ingestion\.format = '2020'"):
         ingest_reviews(source, {"format": "2020"}, OPEN_WINDOW)
 
 

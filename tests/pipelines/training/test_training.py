@@ -14,42 +14,16 @@ from maf_pipeline.pipelines.training.pipeline import create_model_pipeline, crea
 from maf_pipeline.training import (
     checkpoint_interval,
     epoch_order,
-    train_model,
     training_windows,
 )
-from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
+from tests.models.synthetic import make_features, make_sequences, small_training, tiny_maf_params, train_tiny
 
 
 def training_params(tmp_path: Path, **overrides: object) -> dict:
-    params = {
-        "epochs": 3,
-        "batch_size": 8,
-        "learning_rate": 1e-2,
-        "objective": "all_positions",
-        "early_stopping": {"metric": "ndcg@20", "patience": None},
-        "ks": [10, 20],
-        "device": "cpu",
-        "bf16": False,
-        "checkpoint_dir": str(tmp_path / "checkpoints"),
-    }
-    params.update(overrides)
-    return params
+    return small_training(tmp_path / "checkpoints", **overrides)
 
 
-def run(data: dict, features: dict, model_params: dict, params: dict, max_len: int = 6, **kw):
-    return train_model(
-        data["train_sequences"],
-        data["valid_sequences"],
-        data["item_index"],
-        features["image"],
-        features["text"],
-        features["category"],
-        model_params,
-        params,
-        max_len,
-        7,
-        **kw,
-    )
+run = train_tiny
 
 
 @pytest.mark.parametrize("max_len", [1, 3, 50])
@@ -136,7 +110,7 @@ def test_last_position_objective_trains_one_sample_per_target(tmp_path: Path) ->
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     data, features = make_sequences(), make_features(30)
-    params = training_params(tmp_path, epochs=10, learning_rate=0.0, early_stopping={"patience": 2})
+    params = training_params(tmp_path, epochs=10, learning_rate=1e-12, early_stopping={"patience": 2})
     _, history = run(data, features, tiny_maf_params(), params)
     assert len(history["epochs"]) == 3 and history["stopped_early"] and history["best_epoch"] == 1
 

@@ -15,30 +15,16 @@ from maf_pipeline.training import (
     configure_training_loss,
     host_batch,
     to_device,
-    train_model,
     training_windows,
 )
-from tests.models.synthetic import make_features, make_sequences, tiny_maf_params
+from tests.models.synthetic import make_features, make_sequences, small_training, tiny_maf_params, train_tiny
 
 
 def training_params(tmp_path: Path, **overrides: object) -> dict:
-    params = {
-        "epochs": 3,
-        "batch_size": 8,
-        "learning_rate": 1e-2,
-        "early_stopping": {"metric": "ndcg@20", "patience": None},
-        "device": "auto",
-        "checkpoint_dir": str(tmp_path / "checkpoints"),
-    }
-    params.update(overrides)
-    return params
+    return small_training(tmp_path / "checkpoints", **{"device": "auto", **overrides})
 
 
-def run(data: dict, features: dict, model_params: dict, params: dict):
-    return train_model(
-        data["train_sequences"], data["valid_sequences"], data["item_index"], features["image"],
-        features["text"], features["category"], model_params, params, 6, 7,
-    )  # fmt: skip
+run = train_tiny
 
 
 SYNC_OPS = {"nonzero", "_local_scalar_dense", "_unique2", "unique_dim", "unique_consecutive", "masked_select"}

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from maf_pipeline.datasets import StudyStorageDataset
+from maf_pipeline.parameters import resolve_parameters
 from maf_pipeline.pipelines.tune import create_pipeline
 from maf_pipeline.pipelines.tune.nodes import run_study, study_reports
 from tests.conftest import REPO, kedro
@@ -26,39 +27,42 @@ GOOD, BAD = 1e-2, 1e-7  # learning rates: the second cannot learn anything in a 
 
 
 def _parameters(n_trials: int, **tune: object) -> dict:
-    return {
-        "seed": 3,
-        "sequences": {"max_len": 6},
-        "maf": {"model": tiny_maf_params()},
-        "training": {
-            "epochs": 4,
-            "batch_size": 8,
-            "learning_rate": 1e-3,
-            "objective": "all_positions",
-            "early_stopping": {"metric": "ndcg@20", "patience": None},
-            "ks": [10, 20],
-            "device": "cpu",
-            "checkpoint_dir": "never-used",
-        },
-        "tune": {
-            "model": "maf",
-            "study_name": "t",
-            "metric": None,
-            "n_trials": n_trials,
-            "timeout_s": None,
-            "seeds": [3, 4],
-            "n_startup_trials": 5,
-            "mlflow": True,
-            "training": {},
-            "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 2, "interval_steps": 1},
-            "enqueue": [{"training.learning_rate": GOOD}, {"training.learning_rate": BAD}],
-            "space": {
-                "training.learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
-                "model.fusion": {"choices": ["sum", "gate"]},
+    """The run's parameters as the nodes receive them (validated, the schema's defaults filled in)."""
+    return resolve_parameters(
+        {
+            "seed": 3,
+            "sequences": {"max_len": 6},
+            "maf": {"model": tiny_maf_params()},
+            "training": {
+                "epochs": 4,
+                "batch_size": 8,
+                "learning_rate": 1e-3,
+                "objective": "all_positions",
+                "early_stopping": {"metric": "ndcg@20", "patience": None},
+                "ks": [10, 20],
+                "device": "cpu",
+                "checkpoint_dir": "never-used",
             },
-            **tune,
-        },
-    }
+            "tune": {
+                "model": "maf",
+                "study_name": "t",
+                "metric": None,
+                "n_trials": n_trials,
+                "timeout_s": None,
+                "seeds": [3, 4],
+                "n_startup_trials": 5,
+                "mlflow": True,
+                "training": {},
+                "pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 2, "interval_steps": 1},
+                "enqueue": [{"training.learning_rate": GOOD}, {"training.learning_rate": BAD}],
+                "space": {
+                    "training.learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
+                    "model.fusion": {"choices": ["sum", "gate"]},
+                },
+                **tune,
+            },
+        }
+    )
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Compare nodes: train models and MAF variants over a list of seeds with the shared training/evaluation code.
 
-Every run goes through :func:`maf_pipeline.training.train_model` (same windows, early
+Every run goes through :func:`maf_pipeline.training.train_on` (same windows, early
 stopping, checkpoints) and :func:`maf_pipeline.pipelines.evaluation.nodes.evaluate_scorer` (same split,
 protocols and tie rule), so the comparison differs only in the model. A node returns its runs in long form,
 one row per (variant, seed, protocol, split, metric); the reporting nodes aggregate them over seeds.
@@ -26,15 +26,10 @@ import pandas as pd
 import torch
 import torch.multiprocessing as torch_mp
 
-from maf_pipeline.models import (
-    MODELS,
-    Popularity,
-    empty_modalities,
-    feature_tables,
-    model_from_artifact,
-)
+from maf_pipeline.model_inputs import ModelInputs
+from maf_pipeline.models import MODELS, Popularity, empty_modalities, feature_tables, model_from_artifact
 from maf_pipeline.pipelines.evaluation.nodes import evaluate_scorer
-from maf_pipeline.training import train_model
+from maf_pipeline.training import train_on
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +74,19 @@ class RunContext:
 
     def __init__(
         self,
-        data: dict[str, Any],
+        inputs: ModelInputs,
         compare_params: dict[str, Any],
         training_params: dict[str, Any],
         evaluation_params: dict[str, Any],
         max_len: int,
         seed: int,
     ) -> None:
-        self.data, self.max_len, self.eval_seed = data, int(max_len), int(seed)
-        self.training = deep_merge(training_params, compare_params.get("training"))
-        self.evaluation = deep_merge(evaluation_params, compare_params.get("evaluation"))
-        self.protocols = list(compare_params.get("protocols") or [self.evaluation.get("protocol", "full")])
-        self.num_items = int(data["item_index"]["item_idx"].max())
-        self.tables = feature_tables(data["image_features"], data["text_features"], data["category_features"])
+        self.inputs, self.max_len, self.eval_seed = inputs, int(max_len), int(seed)
+        self.training = deep_merge(training_params, compare_params["training"])
+        self.evaluation = deep_merge(evaluation_params, compare_params["evaluation"])
+        self.protocols = list(compare_params["protocols"])
+        self.num_items = inputs.num_items
+        self.tables = feature_tables(*inputs.features)
         self.present = [m for m in ("image", "text", "category") if m in self.tables]
         self.present = [m for m in self.present if m not in empty_modalities(self.tables)]
         self.histories: list[dict[str, Any]] = []  # per-run training histories (validation curves), in order
@@ -101,8 +96,8 @@ class RunContext:
         rows = []
         for protocol in self.protocols:
             metrics, _ = evaluate_scorer(
-                scorer, self.num_items, max_len, self.data["train_sequences"], self.data["valid_sequences"],
-                self.data["test_sequences"], {**self.evaluation, "protocol": protocol}, self.eval_seed,
+                scorer, self.num_items, max_len, self.inputs.train_sequences, self.inputs.valid_sequences,
+                self.inputs.test_sequences, {**self.evaluation, "protocol": protocol}, self.eval_seed,
             )  # fmt: skip
             for split in ("valid", "test"):
                 rows.extend(
@@ -116,12 +111,7 @@ class RunContext:
         self, variant: str, model_params: dict[str, Any], seed: int, training: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         """Train one model with one seed through the training node, evaluate it, and label the rows."""
-        d = self.data
-        artifact, history = train_model(
-            d["train_sequences"], d["valid_sequences"], d["item_index"], d["image_features"],
-            d["text_features"], d["category_features"], model_params, training or self.training, self.max_len,
-            seed,
-        )  # fmt: skip
+        artifact, history = train_on(self.inputs, model_params, training or self.training, self.max_len, seed)
         model = model_from_artifact(artifact, self.tables)
         self.histories.append({"variant": variant, "seed": int(seed), "config": model_params, **history})
         info = {
@@ -136,7 +126,7 @@ class RunContext:
         return [{**info, **row} for row in self.evaluate(model, self.max_len)]
 
     def run_all(
-        self, tasks: list[tuple[str, dict[str, Any], int, dict[str, Any]]], parallel: dict[str, Any] | None
+        self, tasks: list[tuple[str, dict[str, Any], int, dict[str, Any]]], parallel: dict[str, Any]
     ) -> list[list[dict[str, Any]]]:
         """Rows of each ``(variant, model_params, seed, training)`` task, in order; concurrently in worker
         processes when ``parallel`` (``compare.parallel``) resolves to more than one worker."""
@@ -148,7 +138,7 @@ class RunContext:
         for device in devices:
             slots.put(device)
         logger.info("compare: %d runs on %d worker processes (%s)", len(tasks), len(devices), devices)
-        state = (self.data, self.training, self.evaluation, self.protocols, self.max_len, self.eval_seed)
+        state = (self.inputs, self.training, self.evaluation, self.protocols, self.max_len, self.eval_seed)
         with ProcessPoolExecutor(
             max_workers=len(devices),
             mp_context=torch_mp.get_context("spawn"),
@@ -162,19 +152,18 @@ class RunContext:
         cls = MODELS[model_params["architecture"]]
         if not cls.feature_names or model_params["architecture"] == "maf":
             return False  # MAF without modalities is SASRec: still a valid run
-        wanted = model_params.get("modalities", cls.feature_names) or ()
+        wanted = model_params["modalities"]
         return not any(m in self.present for m in wanted)
 
 
-def worker_devices(parallel: dict[str, Any] | None, num_tasks: int) -> list[str]:
+def worker_devices(parallel: dict[str, Any], num_tasks: int) -> list[str]:
     """One device name per worker process: ``runs_per_gpu`` slots per visible GPU for ``workers: auto``
     (a single slot, i.e. sequential in-process, without a GPU), or ``workers: n`` slots spread over the GPUs
     (CPU when there is none); never more than ``num_tasks``."""
-    parallel = parallel or {}
-    workers = parallel.get("workers", "auto")
+    workers = parallel["workers"]
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if workers in (None, "auto"):
-        count = gpus * max(1, int(parallel.get("runs_per_gpu", 1))) if gpus else 1
+        count = gpus * max(1, int(parallel["runs_per_gpu"])) if gpus else 1
     else:
         count = int(workers)
         if count < 1:
@@ -188,13 +177,14 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(state: tuple, slots: Any, threads: int) -> None:
     """Worker start: rebuild the run context once and take a device slot (its GPU for all its runs)."""
-    data, training, evaluation, protocols, max_len, seed = state
+    inputs, training, evaluation, protocols, max_len, seed = state
     device = slots.get()
     training, evaluation = {**training, "device": device}, {**evaluation, "device": device}
-    ctx = RunContext(data, {"protocols": protocols}, training, evaluation, max_len, seed)
+    compare = {"training": {}, "evaluation": {}, "protocols": protocols}
+    ctx = RunContext(inputs, compare, training, evaluation, max_len, seed)
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    torch.set_num_threads(int(training.get("num_threads") or threads))
+    torch.set_num_threads(int(training["num_threads"] or threads))
     _WORKER.update(ctx=ctx, device=device)
 
 
@@ -216,30 +206,10 @@ def _frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def _seeds(compare_params: dict[str, Any]) -> list[int]:
-    seeds = [int(s) for s in compare_params.get("seeds") or []]
+    seeds = [int(s) for s in compare_params["seeds"]]
     if not seeds:
         raise ValueError("compare.seeds must list at least one seed")
     return seeds
-
-
-def _data(
-    train_sequences: pd.DataFrame,
-    valid_sequences: pd.DataFrame,
-    test_sequences: pd.DataFrame,
-    item_index: pd.DataFrame,
-    image_features: dict[str, Any],
-    text_features: dict[str, Any],
-    category_features: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "train_sequences": train_sequences,
-        "valid_sequences": valid_sequences,
-        "test_sequences": test_sequences,
-        "item_index": item_index,
-        "image_features": image_features,
-        "text_features": text_features,
-        "category_features": category_features,
-    }
 
 
 def run_popularity(
@@ -252,29 +222,18 @@ def run_popularity(
     seed: int,
 ) -> pd.DataFrame:
     """The popularity floor under every configured protocol (deterministic: one run, not one per seed)."""
-    if "pop" not in (compare_params.get("models") or []):
+    if "pop" not in compare_params["models"]:
         logger.info("compare: pop not selected (compare.models)")
         return empty_runs()
-    data = {
-        "train_sequences": train_sequences,
-        "valid_sequences": valid_sequences,
-        "test_sequences": test_sequences,
-    }
-    data.update(item_index=item_index, image_features=None, text_features=None, category_features=None)
-    ctx = RunContext(data, compare_params, {}, evaluation_params, 1, seed)
+    inputs = ModelInputs(train_sequences, valid_sequences, item_index, test_sequences)  # no features
+    ctx = RunContext(inputs, compare_params, {}, evaluation_params, 1, seed)
     pop = Popularity.from_sequences(list(train_sequences["items"]), ctx.num_items)
     info = {"variant": "pop", "architecture": "pop", "seed": None, "config": "training counts"}
     return _frame({**info, **row} for row in ctx.evaluate(pop, 1))
 
 
 def run_model(
-    train_sequences: pd.DataFrame,
-    valid_sequences: pd.DataFrame,
-    test_sequences: pd.DataFrame,
-    item_index: pd.DataFrame,
-    image_features: dict[str, Any],
-    text_features: dict[str, Any],
-    category_features: dict[str, Any],
+    model_inputs: ModelInputs,
     model_params: dict[str, Any],
     compare_params: dict[str, Any],
     training_params: dict[str, Any],
@@ -289,26 +248,17 @@ def run_model(
     patience for BERT4Rec's noisy Cloze validation curve). A model not in ``compare.models`` is skipped (empty
     table), and so is a feature-based baseline when the data set has none of its modalities.
     """
-    if name not in (compare_params.get("models") or []):
+    if name not in compare_params["models"]:
         logger.info("compare: %s not selected (compare.models)", name)
         return empty_runs()
-    data = _data(
-        train_sequences,
-        valid_sequences,
-        test_sequences,
-        item_index,
-        image_features,
-        text_features,
-        category_features,
-    )
-    ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
+    ctx = RunContext(model_inputs, compare_params, training_params, evaluation_params, max_len, seed)
     if ctx.missing_modalities(model_params):
         logger.warning("compare: %s skipped: none of its modalities has features on this data set", name)
         return empty_runs()
     seeds = _seeds(compare_params)
-    training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get(name))
+    training = deep_merge(ctx.training, compare_params["model_training"].get(name))
     started = time.perf_counter()
-    results = ctx.run_all([(name, model_params, s, training) for s in seeds], compare_params.get("parallel"))
+    results = ctx.run_all([(name, model_params, s, training) for s in seeds], compare_params["parallel"])
     logger.info("compare: %s, %d seeds done in %.1f s", name, len(seeds), time.perf_counter() - started)
     return _frame(row for rows in results for row in rows)
 
@@ -322,13 +272,7 @@ def resolve_maf_config(maf_params: dict[str, Any], grid_selection: dict[str, Any
 
 
 def run_maf_variants(
-    train_sequences: pd.DataFrame,
-    valid_sequences: pd.DataFrame,
-    test_sequences: pd.DataFrame,
-    item_index: pd.DataFrame,
-    image_features: dict[str, Any],
-    text_features: dict[str, Any],
-    category_features: dict[str, Any],
+    model_inputs: ModelInputs,
     maf_config: dict[str, Any],
     maf_runs: pd.DataFrame,
     variants: dict[str, dict[str, Any]] | None,
@@ -345,17 +289,8 @@ def run_maf_variants(
     """
     if not variants:
         return empty_runs()
-    data = _data(
-        train_sequences,
-        valid_sequences,
-        test_sequences,
-        item_index,
-        image_features,
-        text_features,
-        category_features,
-    )
-    ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
-    training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get("maf"))
+    ctx = RunContext(model_inputs, compare_params, training_params, evaluation_params, max_len, seed)
+    training = deep_merge(ctx.training, compare_params["model_training"].get("maf"))
     seeds = _seeds(compare_params)
     reusable = (
         not maf_runs.empty
@@ -366,7 +301,7 @@ def run_maf_variants(
     tasks = []
     for label, overrides in variants.items():
         config = {**maf_config, **(overrides or {})}
-        wanted = config.get("modalities") or []
+        wanted = config["modalities"]
         if wanted and not any(m in ctx.present for m in wanted):
             logger.warning("compare: variant %r skipped: no features for %s on this data set", label, wanted)
             continue
@@ -376,7 +311,7 @@ def run_maf_variants(
             continue
         frames.append(None)  # filled below, in order
         tasks.extend((label, config, s, training) for s in seeds)
-    results = iter(ctx.run_all(tasks, compare_params.get("parallel")))
+    results = iter(ctx.run_all(tasks, compare_params["parallel"]))
     frames = [
         frame if frame is not None else _frame(r for _ in seeds for r in next(results)) for frame in frames
     ]
@@ -385,7 +320,7 @@ def run_maf_variants(
 
 def grid_axes(grid: dict[str, Any]) -> dict[str, list[Any]]:
     """The grid's axes: the paper's (d', lambda, F) first, then any other list of MAF-block values."""
-    names = [k for k in ("d_mm", "mtl_lambda", "fusion") if grid.get(k)]
+    names = [k for k in ("d_mm", "mtl_lambda", "fusion") if grid[k]]
     names += [k for k, v in grid.items() if k not in (*names, *GRID_SETTINGS) and isinstance(v, list) and v]
     return {k: list(grid[k]) for k in names}
 
@@ -400,7 +335,7 @@ def grid_tasks(
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values, strict=True))
         config = {**maf_params, **fixed, **point}
-        d_mm, d, heads = int(config.get("d_mm", 0)), int(config.get("d", 0)), int(config.get("n_heads", 1))
+        d_mm, d, heads = int(config["d_mm"]), int(config["d"]), int(config["n_heads"])
         if d_mm > d or d_mm % heads:
             logger.warning(
                 "grid: skipping %s (d'=%d must be <= d=%d and divisible by %d heads)", point, d_mm, d, heads
@@ -434,13 +369,7 @@ def select_grid_point(
 
 
 def run_grid_search(
-    train_sequences: pd.DataFrame,
-    valid_sequences: pd.DataFrame,
-    test_sequences: pd.DataFrame,
-    item_index: pd.DataFrame,
-    image_features: dict[str, Any],
-    text_features: dict[str, Any],
-    category_features: dict[str, Any],
+    model_inputs: ModelInputs,
     maf_params: dict[str, Any],
     grid_params: dict[str, Any],
     compare_params: dict[str, Any],
@@ -460,27 +389,18 @@ def run_grid_search(
     invalid for the MAF block (d' > d or d' not divisible by the heads) are skipped with a warning. Returns
     the runs and the selection (the best point, with ``fixed``).
     """
-    grid = grid_params or {}
-    if not grid.get("enabled", False):
+    grid = grid_params
+    if not grid["enabled"]:
         return empty_runs(), {"enabled": False, "best": {}}
     axes = grid_axes(grid)
-    metric = grid.get("metric", "ndcg@20")
-    seeds = [int(s) for s in grid.get("seeds") or _seeds(compare_params)]
-    data = _data(
-        train_sequences,
-        valid_sequences,
-        test_sequences,
-        item_index,
-        image_features,
-        text_features,
-        category_features,
-    )
-    ctx = RunContext(data, compare_params, training_params, evaluation_params, max_len, seed)
-    training = deep_merge(ctx.training, (compare_params.get("model_training") or {}).get("maf"))
-    fixed = dict(grid.get("fixed") or {})
+    metric = grid["metric"]
+    seeds = [int(s) for s in grid["seeds"] or _seeds(compare_params)]
+    ctx = RunContext(model_inputs, compare_params, training_params, evaluation_params, max_len, seed)
+    training = deep_merge(ctx.training, compare_params["model_training"].get("maf"))
+    fixed = dict(grid["fixed"])
     tasks, labels = grid_tasks(axes, maf_params, fixed, seeds, training)
     logger.info("grid: %d points x %d seeds", len(tasks) // max(len(seeds), 1), len(seeds))
-    results = ctx.run_all(tasks, compare_params.get("parallel"))
+    results = ctx.run_all(tasks, compare_params["parallel"])
     rows = [{**r, **extra} for extra, result in zip(labels, results, strict=True) for r in result]
     runs = pd.DataFrame(rows)
     if runs.empty:

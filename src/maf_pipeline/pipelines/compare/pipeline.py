@@ -11,6 +11,7 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
+from maf_pipeline.model_inputs import bundle_model_inputs
 from maf_pipeline.models import MODELS
 
 from ..features import create_pipeline as features_pipeline
@@ -29,6 +30,7 @@ SHARED = (
     "text_features",
     "category_features",
 )
+INPUTS = "compare.model_inputs"  # SHARED as one ModelInputs (bundle_model_inputs), passed by reference
 SETTINGS = (
     "params:compare",
     "params:training",
@@ -56,9 +58,10 @@ def _named(func, **kwargs):
 def create_compare_pipeline() -> Pipeline:
     """The comparison nodes only (tag ``comparison``), reading the sequences and features from the catalog."""
     nodes = [
+        _node(bundle_model_inputs, list(SHARED), INPUTS, "bundle_model_inputs"),
         _node(
             run_grid_search,
-            [*SHARED, "params:maf.model", "params:compare.grid", *SETTINGS],
+            [INPUTS, "params:maf.model", "params:compare.grid", *SETTINGS],
             ["compare.grid.runs", "compare.grid_selection"],
             "run_grid_search",
         ),
@@ -80,13 +83,13 @@ def create_compare_pipeline() -> Pipeline:
         nodes.append(
             _node(
                 _named(run_model, name=name),
-                [*SHARED, block, *SETTINGS],
+                [INPUTS, block, *SETTINGS],
                 f"compare.{name}.runs",
                 f"run_{name}",
             )
         )
     for family in FAMILIES:
-        inputs = [*SHARED, "compare.maf_config", "compare.maf.runs", f"params:compare.{family}", *SETTINGS]
+        inputs = [INPUTS, "compare.maf_config", "compare.maf.runs", f"params:compare.{family}", *SETTINGS]
         nodes.append(_node(run_maf_variants, inputs, f"compare.{family}.runs", f"run_{family}"))
     table2_inputs = {"compare_params": "params:compare", "evaluation_params": "params:evaluation"}
     table2_inputs.update({m: f"compare.{m}.runs" for m in ("pop", *MODELS)})

@@ -90,14 +90,8 @@ def markdown_table(
 
 
 def _protocol_note(compare_params: dict[str, Any], evaluation_params: dict[str, Any]) -> str:
-    n = int(
-        (compare_params.get("evaluation") or {}).get(
-            "num_negatives", evaluation_params.get("num_negatives", 100)
-        )
-    )
-    return "; ".join(
-        f"*{p}*: {PROTOCOL_NAMES.get(p, p).format(n=n)}" for p in compare_params.get("protocols") or []
-    )
+    n = int({**evaluation_params, **compare_params["evaluation"]}["num_negatives"])
+    return "; ".join(f"*{p}*: {PROTOCOL_NAMES.get(p, p).format(n=n)}" for p in compare_params["protocols"])
 
 
 def _seed_note(runs: pd.DataFrame) -> str:
@@ -106,14 +100,14 @@ def _seed_note(runs: pd.DataFrame) -> str:
 
 
 def _metrics(compare_params: dict[str, Any]) -> list[str]:
-    return list(compare_params.get("metrics") or ["recall@10", "recall@20", "ndcg@10", "ndcg@20"])
+    return list(compare_params["metrics"])
 
 
 def build_table2(
     compare_params: dict[str, Any], evaluation_params: dict[str, Any], **model_runs: pd.DataFrame
 ) -> tuple[str, pd.DataFrame]:
     """Table 2: the selected models in ``compare.models`` order; best **bold**, second <u>underlined</u>."""
-    columns = [m for m in compare_params.get("models") or [] if m in model_runs]
+    columns = [m for m in compare_params["models"] if m in model_runs]
     runs = pd.concat([model_runs[m] for m in columns], ignore_index=True) if columns else pd.DataFrame()
     title = "# Table 2: performance comparison (test split, mean ± std over seeds)"
     if runs.empty:
@@ -202,7 +196,7 @@ def build_figure3(
 ) -> tuple[Figure, pd.DataFrame]:
     """Fig. 3: MAF with each modality alone and with all of them, grouped bars per metric with ± std bars."""
     columns = list(variants or {})
-    metrics = list(compare_params.get("figure_metrics") or ["recall@20", "ndcg@20"])
+    metrics = list(compare_params["figure_metrics"])
     summary = (
         summarise(runs, columns, metrics)
         if not runs.empty and columns

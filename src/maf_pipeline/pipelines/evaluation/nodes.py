@@ -18,10 +18,10 @@ import torch
 from maf_pipeline.devices import resolve_device
 from maf_pipeline.metrics import metric_values, rank_targets, sample_negatives, summarize
 from maf_pipeline.models import Popularity, feature_tables, model_from_artifact
+from maf_pipeline.parameters import filled
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("full", "sampled")
 SPLITS = ("valid", "test")
 
 
@@ -36,12 +36,9 @@ def evaluate_scorer(
     seed: int,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Rank each user's valid and test target with ``scorer`` and return summary metrics and per-user rows."""
-    p = evaluation_params
-    protocol, ks = p.get("protocol", "full"), [int(k) for k in p.get("ks", [10, 20])]
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"evaluation.protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    mask_history = bool(p.get("mask_history", False))
-    device = resolve_device(p.get("device", "auto"))
+    p = filled("evaluation", evaluation_params)  # the schema's defaults for keys a library caller omits
+    protocol, ks, mask_history = p["protocol"], [int(k) for k in p["ks"]], bool(p["mask_history"])
+    device = resolve_device(p["device"])
     scorer = scorer.to(device)
     train_items = dict(zip(train_sequences["user_idx"], train_sequences["items"], strict=True))
     valid_target = dict(zip(valid_sequences["user_idx"], valid_sequences["target"], strict=True))
@@ -55,7 +52,7 @@ def evaluate_scorer(
     metrics: dict[str, Any] = {
         "protocol": protocol,
         "mask_history": mask_history,
-        "num_negatives": int(p.get("num_negatives", 100)) if protocol == "sampled" else None,
+        "num_negatives": int(p["num_negatives"]) if protocol == "sampled" else None,
         "tie_rule": "pessimistic",
         "num_items": int(num_items),
     }
@@ -67,7 +64,7 @@ def evaluate_scorer(
         exclude = negatives = None
         if protocol == "sampled":
             seen = [np.concatenate([earlier(u, "test"), [test_target.get(u, 0)]]) for u in users]
-            negatives = sample_negatives(seen, num_items, int(p.get("num_negatives", 100)), seed + offset)
+            negatives = sample_negatives(seen, num_items, int(p["num_negatives"]), seed + offset)
         elif mask_history:
             exclude = [earlier(u, split) for u in users]
         ranks = rank_targets(
@@ -75,12 +72,12 @@ def evaluate_scorer(
             histories,
             targets,
             max_len,
-            int(p.get("batch_size", 512)),
+            int(p["batch_size"]),
             exclude,
             negatives,
             device,
             split,
-            p.get("max_scores"),
+            p["max_scores"],
         )
         metrics[split] = summarize(ranks, ks)
         frames.append(

@@ -191,7 +191,7 @@ def resolve_image_weights(params: dict[str, Any]) -> WeightsChoice:
         return str(hub_file)
 
     choice = resolve_weights(
-        params["weights"], params.get("local_weights"), find_cached, download, params["allow_download"], arch
+        params["weights"], params["local_weights"], find_cached, download, params["allow_download"], arch
     )
     if choice is None:
         loud_warning(
@@ -322,7 +322,7 @@ def resolve_text_weights(params: dict[str, Any]) -> WeightsChoice:
 
     choice = resolve_weights(
         params["weights"],
-        params.get("local_weights"),
+        params["local_weights"],
         lambda: _hf_cached_snapshot(model_name),
         download,
         params["allow_download"],
@@ -355,7 +355,7 @@ def effective_text_settings(params: dict[str, Any], choice: WeightsChoice) -> di
         "model": params["model_name"],
         "pooling": params["pooling"],
         "max_tokens": int(params["max_tokens"]),
-        "normalize": bool(params.get("normalize", False)),
+        "normalize": bool(params["normalize"]),
     }
 
 

@@ -97,7 +97,7 @@ def download_image(url: str, cfg: dict[str, Any], sleep: Callable[[float], None]
         return FetchResult("invalid_url", url=url, detail="only http/https URLs are fetched")
     max_bytes = int(cfg["max_bytes"])
     retries = int(cfg["retries"])
-    policy = HostPolicy.from_config(cfg.get("allowed_hosts"))
+    policy = HostPolicy.from_config(cfg["allowed_hosts"])
     request = urllib.request.Request(url, headers={"User-Agent": cfg["user_agent"]})
     last = FetchResult("http_error", url=url)
     for attempt in range(retries + 1):
@@ -354,7 +354,7 @@ def _url_fetcher(
     down = unreachable_hosts(
         [u for urls in candidates.values() for u in urls],
         float(dl["probe_timeout_s"]),
-        HostPolicy.from_config(dl.get("allowed_hosts")),
+        HostPolicy.from_config(dl["allowed_hosts"]),
     )
     if down:
         message = (
@@ -385,9 +385,7 @@ def _fetch_into_store(
     """Fetch ``todo`` concurrently into ``results``, writing each verified image into the store (holding
     its lock); returns the transfer seconds."""
     # one run at a time writes into the store (a second fails naming the first, or waits lock_wait_s)
-    lock = FolderLock(
-        image_store.root, params.get("lock_wait_s", 0), "image store", "features.images.lock_wait_s"
-    )
+    lock = FolderLock(image_store.root, params["lock_wait_s"], "image store", "features.images.lock_wait_s")
     if todo:
         lock.acquire()
     started = time.perf_counter()

@@ -131,7 +131,7 @@ def _encode_with_cache(
     table = feature_cache.table(modality, settings) if cache_params["enabled"] else None
     lock = folder_lock(
         None if table is None else table.directory,
-        cache_params.get("lock_wait_s", 0),
+        cache_params["lock_wait_s"],
         what=f"{modality} feature cache",
         parameter="features.cache.lock_wait_s",
     )
@@ -308,7 +308,7 @@ def encode_images(
         "weights": choice.identity,
         "seed": seed if choice.location is None else None,  # random init: the seed decides the weights
         "input_size": int(params["input_size"]),
-        "resize_size": params.get("resize_size"),
+        "resize_size": params["resize_size"],
         "precision": params["precision"],
         "storage_dtype": params["storage_dtype"],
     }
@@ -318,7 +318,7 @@ def encode_images(
         model = build_image_encoder(params["arch"], choice, seed).to(device)
         took = time.perf_counter() - loaded
         logger.info("Loaded %s (%s weights) in %.1f s on %s", params["arch"], choice.source, took, device)
-        transform = image_transform(int(params["input_size"]), params.get("resize_size"))
+        transform = image_transform(int(params["input_size"]), params["resize_size"])
         loader = torch.utils.data.DataLoader(
             _ImageRows(image_store, todo, transform, int(params["input_size"])),
             batch_size=int(params["batch_size"]),
@@ -426,7 +426,7 @@ def encode_texts(
     With ``features.text_encoder.source: file`` the table is the precomputed ``text_embeddings`` instead.
     """
     item_ids = ordered_item_ids(item_index)
-    if params.get("source", "encoder") == "file":
+    if params["source"] == "file":
         return precomputed_table("text", item_ids, text_embeddings, params["storage_dtype"])
     texts, capped = cap_texts(item_texts(filtered_items), int(params["max_tokens"]))
     fingerprints = {i: _fingerprint(texts[i]) for i in item_ids if i in texts}
@@ -509,7 +509,7 @@ def encode_categories(
     universal = sorted(k for k, n in freq.items() if n == len(item_ids)) if params["drop_universal"] else []
     rare = sorted(k for k, n in freq.items() if n < min_freq)
     kept = sorted((k for k in freq if k not in set(universal) | set(rare)), key=lambda k: (-freq[k], k))
-    if params.get("max_labels"):
+    if params["max_labels"]:
         kept = kept[: int(params["max_labels"])]
     column = {label: j for j, label in enumerate(kept)}
     features = torch.zeros(len(item_ids) + 1, len(kept), dtype=_storage_dtype(params["storage_dtype"]))
@@ -541,7 +541,7 @@ def encode_categories(
         "settings": {
             "min_frequency": min_freq,
             "drop_universal": bool(params["drop_universal"]),
-            "max_labels": params.get("max_labels"),
+            "max_labels": params["max_labels"],
         },
         "num_items": len(item_ids),
         "dim": len(kept),

@@ -177,13 +177,13 @@ def label_drop_reason(label: str, rule: dict[str, Any]) -> str | None:
     after a word, ``.``, ``!`` or ``?``). Real metadata puts marketing copy such as "No expiration, no fees."
     into category lists, where it would crowd out the real label."""
     folded = label.casefold()
-    if folded in {unicodedata.normalize("NFC", str(s)).casefold() for s in rule.get("stop_list") or ()}:
+    if folded in {unicodedata.normalize("NFC", str(s)).casefold() for s in rule["stop_list"]}:
         return "stop_list"
-    if (rule.get("max_words") and len(label.split()) > int(rule["max_words"])) or (
-        rule.get("max_chars") and len(label) > int(rule["max_chars"])
+    if (rule["max_words"] and len(label.split()) > int(rule["max_words"])) or (
+        rule["max_chars"] and len(label) > int(rule["max_chars"])
     ):
         return "too_long"
-    if rule.get("drop_sentences") and _SENTENCE_RE.search(label):
+    if rule["drop_sentences"] and _SENTENCE_RE.search(label):
         return "sentence"
     return None
 

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from maf_pipeline.datasets import RawSource
+from maf_pipeline.parameters import filled
 
 from .benchmark_split import benchmark_interactions, is_benchmark_split, read_index, sibling, split_files
 from .nodes import window_bounds
@@ -47,36 +48,12 @@ from .rows import ITEMS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("auto", "recbole", "recbole_split", "user_item", "user_sequence")
-DEFAULTS: dict[str, Any] = {
-    # auto: a .inter file (optionally .gz) is RecBole, recbole_split when it has an item_id_list column or
-    # .train/.valid/.test.inter siblings (a fixed split, kept exactly); a text file with a line of more than
-    # two fields is user_sequence (line per user), otherwise user_item
-    "format": "auto",
-    "field_separator": "\t",
-    "seq_separator": " ",
-    "user_field": "user_id",
-    "item_field": "item_id",
-    "rating_field": "rating",
-    "time_field": "timestamp",
-    "title_fields": ["movie_title", "title", "name"],  # the first present one is the title
-    "text_fields": ["movie_title", "title", "name", "description", "text"],  # all present ones, joined
-    "category_fields": ["class", "genre", "genres", "categories", "category"],  # labels, in this order
-    "brand_fields": ["brand"],
-    "synthetic_start": "2000-01-01",
-    "synthetic_step_s": 1,
-    "attributes_suffix": "_item2attributes.json",  # sibling <name><suffix>: attribute ids -> categories
-    "max_bad_fraction": 0.01,  # user_sequence: share of malformed lines tolerated (counted and skipped)
-    "first_bad_lines": 10,  # malformed line numbers kept for the report and the warning
-}
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
 def _settings(params: dict[str, Any] | None) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **(params or {})}
-    if cfg["format"] not in FORMATS:
-        raise ValueError(f"ingestion.interaction_only.format must be one of {FORMATS}, got {cfg['format']!r}")
-    return cfg
+    """``params:ingestion.interaction_only`` checked and complete (the schema's defaults)."""
+    return filled("ingestion.interaction_only", params)
 
 
 def _read_text(source: RawSource) -> str:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 # Imported at run time (no torch: SafetensorsDataset is lazy) so Kedro can resolve the node type hints.
 from maf_pipeline.datasets.raw_file import RawSource
+from maf_pipeline.parameters import filled
 
 from .formats import METADATA_ID, METADATA_SCHEMAS, REVIEW_FORMATS, ReviewFormat
 from .reader import RawFile
@@ -28,31 +29,9 @@ from .rows import (
     metadata_rows,
     review_rows,
 )
-from .stream import INVALID_UTF8_POLICIES, BlockParser, ParseStats
+from .stream import BlockParser, ParseStats
 
 logger = logging.getLogger(__name__)
-
-DEFAULTS: dict[str, Any] = {
-    "format": "auto",
-    "max_bad_fraction": 0.01,
-    "block_size_mb": 8,
-    "parse_threads": 2,
-    "detect_lines": 20,
-    "first_bad_lines": 10,
-    "invalid_utf8": "replace",
-    "timestamp_unit": None,
-    "metadata": {
-        "max_text_chars": 20_000,
-        "max_category_labels": 50,
-        "max_image_urls": 20,
-        "category_paths": "all",
-        "labels": {"max_words": 8, "max_chars": 80, "drop_sentences": True, "stop_list": []},
-        "upgrade_thumbnails": True,
-        "main_category_fallback": False,
-        "include_features": False,
-    },
-    "interaction_only": {},
-}
 
 
 def ingest_reviews(
@@ -121,7 +100,7 @@ def ingest_metadata(
 
         wanted_ids = None if interactions is None else sorted(reviewed_item_ids(interactions))
         return read_item_file(raw_metadata, cfg["interaction_only"], wanted_ids)
-    meta_cfg = {**DEFAULTS["metadata"], **(cfg.get("metadata") or {})}
+    meta_cfg = cfg["metadata"]
     wanted = None if interactions is None else reviewed_item_ids(interactions)
     stats = ParseStats(max_examples=cfg["first_bad_lines"])
     tables: list[pa.Table] = []
@@ -252,13 +231,6 @@ def _iso(ns: int | None) -> str | None:
 
 
 def _settings(params: dict[str, Any] | None) -> dict[str, Any]:
-    cfg = {**DEFAULTS, **(params or {})}
-    if not 0 <= float(cfg["max_bad_fraction"]) <= 1:
-        raise ValueError(f"ingestion.max_bad_fraction must be within [0, 1], got {cfg['max_bad_fraction']}")
-    if cfg["timestamp_unit"] not in (None, "s", "ms"):
-        raise ValueError(f"ingestion.timestamp_unit must be null, s or ms, got {cfg['timestamp_unit']!r}")
-    if cfg["invalid_utf8"] not in INVALID_UTF8_POLICIES:
-        raise ValueError(
-            f"ingestion.invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {cfg['invalid_utf8']!r}"
-        )
-    return cfg
+    """``params:ingestion`` checked and complete (the schema's defaults: a Kedro run's block is already; a
+    benchmark or notebook calling the reader may pass only what it changes)."""
+    return filled("ingestion", params)

@@ -155,7 +155,7 @@ def format_fields(table: pa.Table, fmt: str, cfg: dict[str, Any]) -> dict[str, A
         main_category = table["main_cat"]
     elif fmt == "2014":
         description = table["description"]
-        keep = cfg.get("category_paths", "all")
+        keep = cfg["category_paths"]
         raw_categories = [merge_paths(paths, keep) for paths in table["categories"].to_pylist()]
         images = pa.array([[u] if u else [] for u in table["imUrl"].to_pylist()], type=pa.list_(pa.string()))
         brand = table["brand"]
@@ -185,7 +185,7 @@ def category_paths(
 ) -> list[list[str]]:
     """Each item's cleaned labels, without those that are not categories (counted in ``stats``); an empty
     path takes the main category when ``main_category_fallback`` is on. Paths are cached: they repeat."""
-    rule = cfg.get("labels") or {}
+    rule = cfg["labels"]
     mains = main_category.to_pylist() if main_category is not None else None
     categories = []
     for i, labels in enumerate(raw_categories):
@@ -235,7 +235,7 @@ def metadata_rows(
     description, features, raw_categories = raw["description"], raw["features"], raw["categories"]
     images, brand, main_category = raw["images"], raw["brand"], raw["main_category"]
 
-    limit = int(cfg.get("max_text_chars") or 0)
+    limit = int(cfg["max_text_chars"])
     title = clean_text(cap_text(table["title"], limit, "title", stats))
     description = clean_text(cap_text(description, limit, "description", stats))
     parts = [title, description]

@@ -23,6 +23,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from maf_pipeline.parameters import filled
+
 logger = logging.getLogger(__name__)
 
 INTERACTION_COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
@@ -181,8 +183,8 @@ def filter_date_window(
     instant. Ingestion already applies the window while reading; this stage re-checks it and records counts.
     """
     df = _conform(interactions)
-    window = date_window or {}
-    start, end = window.get("start"), window.get("end")
+    window = filled("date_window", date_window)  # None: no window (the schema's defaults)
+    start, end = window["start"], window["end"]
     keep = np.ones(len(df), dtype=bool)
     ts = df["timestamp"]
     if start is not None:

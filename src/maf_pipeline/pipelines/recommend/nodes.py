@@ -68,19 +68,19 @@ def recommend_top_k(
     ``user_id, rank, item_id, title, score``.
     """
     p = recommend_params
-    k, exclude_seen = check_k(p.get("k", 10)), bool(p.get("exclude_seen", True))
+    k, exclude_seen = check_k(p["k"]), bool(p["exclude_seen"])
     idx_of = dict(zip(user_index["user_id"].astype(str), user_index["user_idx"], strict=True))
-    requested = p.get("users")
+    requested = p["users"]
     users, unknown = requested_users(requested, user_index, idx_of)
     histories = user_histories(train_sequences, valid_sequences, test_sequences)
     model = load_model(trained_model, feature_tables(image_features, text_features, category_features))
-    device = resolve_device(str(p.get("device", "auto")))
+    device = resolve_device(str(p["device"]))
     items, scores = top_k(
         model,
         [histories[int(idx_of[u])] for u in users],
         k,
         exclude_seen,
-        int(p.get("batch_size", 256)),
+        int(p["batch_size"]),
         device,
     )
     item_ids = np.empty(int(item_index["item_idx"].max()) + 1, dtype=object)

@@ -93,9 +93,9 @@ def compute_attention_maps(
     averaged (``head: mean``) or one head is picked.
     """
     p = attention_params
-    positions, layer, head = int(p.get("positions", 15)), int(p.get("layer", -1)), p.get("head", "mean")
+    positions, layer, head = int(p["positions"]), int(p["layer"]), p["head"]
     positions = min(positions, int(trained_model["__metadata__"]["max_len"]))  # the model's window
-    row = _sample_user(test_sequences, positions, p.get("user"), user_index, int(seed))
+    row = _sample_user(test_sequences, positions, p["user"], user_index, int(seed))
     items = np.array(row["history"], dtype=np.int64)[-positions:]  # a writable copy for torch.from_numpy
     model = load_model(trained_model, feature_tables(image_features, text_features, category_features))
     with torch.no_grad():

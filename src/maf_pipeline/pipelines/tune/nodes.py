@@ -2,8 +2,8 @@
 
 Each trial trains ``tune.model`` (its ``params:<model>.model`` block and ``params:training``, with the trial's
 values of ``tune.space`` and ``tune.model_space.<model>`` set on top) once per ``tune.seeds`` seed through the
-training node's ``train_model``;
-its value is the mean over seeds of the best-epoch validation metric (the same number early stopping keeps).
+trainer (``maf_pipeline.training.train_on``); its value is the mean over seeds of the best-epoch validation
+metric (the same number early stopping keeps).
 The first seed reports every epoch's validation value, so the pruner stops trials whose curve falls behind
 (Optuna's median rule by default). The study lives in an SQLite file (``tune_study_storage``): finished trials
 survive a kill, and a re-run continues until ``tune.n_trials`` trials have finished. Each trial is an MLflow
@@ -24,8 +24,9 @@ import optuna
 import pandas as pd
 
 from maf_pipeline.hooks import metric_key
+from maf_pipeline.model_inputs import ModelInputs
 from maf_pipeline.pipelines.compare.nodes import deep_merge
-from maf_pipeline.training import train_model
+from maf_pipeline.training import train_on
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +87,10 @@ def _settings(parameters: dict[str, Any]) -> dict[str, Any]:
     name = tune["model"]
     if name not in parameters or "model" not in (parameters[name] or {}):
         raise ValueError(f"tune.model {name!r} has no params:{name}.model block")
-    training = deep_merge(parameters["training"], tune.get("training"))
+    training = deep_merge(parameters["training"], tune["training"])
     training["checkpoint_dir"] = None  # a killed trial is run again; its checkpoints would only litter
-    metric = tune.get("metric") or training["early_stopping"]["metric"]
-    seeds = [int(s) for s in (tune.get("seeds") or [parameters["seed"]])]
+    metric = tune["metric"] or training["early_stopping"]["metric"]
+    seeds = [int(s) for s in (tune["seeds"] or [parameters["seed"]])]
     blocks = {"model": copy.deepcopy(parameters[name]["model"]), "training": training}
     return {
         **tune,
@@ -97,16 +98,14 @@ def _settings(parameters: dict[str, Any]) -> dict[str, Any]:
         "seeds": seeds,
         "blocks": blocks,
         "max_len": parameters["sequences"]["max_len"],
-        "space": _parse_space(
-            {**(tune.get("space") or {}), **(tune.get("model_space") or {}).get(name, {})}, blocks
-        ),
+        "space": _parse_space({**tune["space"], **tune["model_space"].get(name, {})}, blocks),
         "seed": int(parameters["seed"]),
     }
 
 
-def _pruner(spec: dict[str, Any] | None) -> optuna.pruners.BasePruner:
-    spec = dict(spec or {})
-    kind, percentile = spec.pop("type", "median"), spec.pop("percentile", None)
+def _pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
+    spec = dict(spec)
+    kind, percentile = spec.pop("type"), spec.pop("percentile")
     if kind == "none":
         return optuna.pruners.NopPruner()
     if kind == "median":
@@ -129,8 +128,8 @@ def load_study(storage_url: str, tune: dict[str, Any], seed: int = 0) -> optuna.
         study_name=tune["study_name"],
         storage=storage,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(tune.get("n_startup_trials", 10))),
-        pruner=_pruner(tune.get("pruner")),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(tune["n_startup_trials"])),
+        pruner=_pruner(tune["pruner"]),
         load_if_exists=True,
     )
 
@@ -138,8 +137,8 @@ def load_study(storage_url: str, tune: dict[str, Any], seed: int = 0) -> optuna.
 class _Objective:
     """One trial: train every seed with the trial's values, report the first seed's curve, return the mean."""
 
-    def __init__(self, data: dict[str, Any], cfg: dict[str, Any], mlflow_parent: Any) -> None:
-        self.data, self.cfg, self.parent = data, cfg, mlflow_parent
+    def __init__(self, inputs: ModelInputs, cfg: dict[str, Any], mlflow_parent: Any) -> None:
+        self.inputs, self.cfg, self.parent = inputs, cfg, mlflow_parent
 
     def __call__(self, trial: optuna.Trial) -> float:
         import mlflow
@@ -180,12 +179,9 @@ class _Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"validation {metric} {valid[metric]:.4f} at epoch {epoch}")
 
-        d = self.data
-        _, history = train_model(
-            d["train_sequences"], d["valid_sequences"], d["item_index"], d["image_features"],
-            d["text_features"], d["category_features"], blocks["model"], blocks["training"],
-            self.cfg["max_len"], seed, on_validation=report,
-        )  # fmt: skip
+        _, history = train_on(
+            self.inputs, blocks["model"], blocks["training"], self.cfg["max_len"], seed, on_validation=report
+        )
         trial.set_user_attr(f"best_epoch_seed{seed}", history["best_epoch"])
         trial.set_user_attr(f"valid_seed{seed}", history["best_valid"][metric])
         return float(history["best_valid"][metric])
@@ -229,28 +225,27 @@ def run_study(
     cfg = _settings(parameters)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial comes from _trial_line
     study = load_study(storage_url, cfg, cfg["seed"])
-    for point in cfg.get("enqueue") or []:
+    for point in cfg["enqueue"]:
         study.enqueue_trial(dict(point), skip_if_exists=True)
     n_trials = int(cfg["n_trials"])
     done = sum(t.state in FINISHED for t in study.trials)
     logger.info("tune %s: study %r, %d of %d trials already finished, metric valid %s, seeds %s, space %s",
                 cfg["model"], cfg["study_name"], done, n_trials, cfg["metric"], cfg["seeds"],
                 sorted(cfg["space"]))  # fmt: skip
-    data = {"train_sequences": train_sequences, "valid_sequences": valid_sequences, "item_index": item_index,
-            "image_features": image_features, "text_features": text_features,
-            "category_features": category_features}  # fmt: skip
-    own_parent = cfg.get("mlflow", True) and mlflow.active_run() is None
+    inputs = ModelInputs(train_sequences, valid_sequences, item_index, None,  # the tuner never reads test
+                         image_features, text_features, category_features)  # fmt: skip
+    own_parent = cfg["mlflow"] and mlflow.active_run() is None
     parent = mlflow.start_run(run_name=f"tune {cfg['study_name']}") if own_parent else mlflow.active_run()
-    parent = parent if cfg.get("mlflow", True) else None
+    parent = parent if cfg["mlflow"] else None
     started = time.perf_counter()
     try:
         if parent:
             mlflow.set_tags({"tune.study": cfg["study_name"], "tune.model": cfg["model"]})
         if n_trials > done:
             study.optimize(
-                _Objective(data, cfg, parent),
+                _Objective(inputs, cfg, parent),
                 n_trials=n_trials - done,
-                timeout=cfg.get("timeout_s"),
+                timeout=cfg["timeout_s"],
                 callbacks=[_trial_line(n_trials)],
                 catch=(
                     ValueError,
