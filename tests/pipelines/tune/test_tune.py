@@ -115,6 +115,20 @@ def test_study_prunes_keeps_trials_and_nests_mlflow_runs(tmp_path: Path, trackin
     assert history.axes and importances.axes
 
 
+def test_a_point_already_trained_is_not_trained_again(tmp_path: Path, tracking: MlflowClient) -> None:
+    """A one-point space: the second trial draws the first one's values and takes its result (the runs are
+    seeded: training again would give the same numbers), with no second MLflow run."""
+    one_point = {"training.learning_rate": {"choices": [GOOD]}, "model.fusion": {"choices": ["sum"]}}
+    storage, _, _ = _study(tmp_path, 2, space=one_point, enqueue=[], seeds=[3])
+    first, second = optuna.load_study(study_name="t", storage=storage).trials
+    assert first.state.name == second.state.name == "COMPLETE" and second.value == first.value
+    assert second.user_attrs["repeat_of"] == 0 and "repeat_of" not in first.user_attrs
+    assert second.user_attrs["best_epoch_seed3"] == first.user_attrs["best_epoch_seed3"]
+    assert second.duration < first.duration / 5
+    runs = tracking.search_runs([mlflow.get_experiment_by_name("tune-test").experiment_id])
+    assert len(runs) == 2  # the parent and the first trial's run
+
+
 def test_space_keys_are_checked(tmp_path: Path, tracking: MlflowClient) -> None:
     with pytest.raises(ValueError, match=r"'learning_rat' is not a key of the training block"):
         _study(tmp_path, 1, space={"training.learning_rat": {"low": 1e-4, "high": 1e-2}}, enqueue=[])

@@ -144,6 +144,9 @@ class _Objective:
         import mlflow
 
         values = {name: suggest(trial, name, spec) for name, spec in self.cfg["space"].items()}
+        earlier = _finished_twin(trial, values)
+        if earlier is not None:  # a point already trained (e.g. enqueued, then drawn by the sampler again)
+            return _repeat(trial, earlier)
         blocks = _apply(self.cfg["blocks"], values)
         metric, scores = self.cfg["metric"], []
         run = mlflow.start_run(run_name=f"{self.cfg['study_name']} trial {trial.number}", nested=True) \
@@ -185,6 +188,26 @@ class _Objective:
         trial.set_user_attr(f"best_epoch_seed{seed}", history["best_epoch"])
         trial.set_user_attr(f"valid_seed{seed}", history["best_valid"][metric])
         return float(history["best_valid"][metric])
+
+
+def _finished_twin(trial: optuna.Trial, values: dict[str, Any]) -> optuna.trial.FrozenTrial | None:
+    """An earlier finished trial of the study at exactly these values (training is seeded, so its result is
+    this trial's result: nothing to gain from training it again)."""
+    finished = trial.study.get_trials(deepcopy=False, states=FINISHED)
+    return next((t for t in finished if t.number != trial.number and t.params == values), None)
+
+
+def _repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> float:
+    """Record ``trial`` as a repeat of ``earlier``: its value (or its pruning) without training again."""
+    trial.set_user_attr("repeat_of", earlier.number)
+    for key, value in earlier.user_attrs.items():
+        if key != "repeat_of":
+            trial.set_user_attr(key, value)
+    logger.info("tune trial %d repeats trial %d (the same values): its result, not trained again",
+                trial.number, earlier.number)  # fmt: skip
+    if earlier.state == optuna.trial.TrialState.PRUNED:
+        raise optuna.TrialPruned(f"repeat of pruned trial {earlier.number}")
+    return float(earlier.value)
 
 
 def _trial_line(n_trials: int):
