@@ -141,3 +141,24 @@ def test_filled_names_the_bad_key() -> None:
         filled("training", {"batch_size": 0})
     with pytest.raises(InvalidBlockError, match=r"compare\.grid: .*'d_model'.*unknown"):
         filled("compare.grid", {"d_model": [1, 2]})
+
+
+def test_free_form_overrides_are_checked_before_the_run() -> None:
+    """compare.training / model_training / evaluation and tune.training are merged onto their block by the
+    nodes: a misspelt key or a bad value there fails the check, named, not a node hours into the run."""
+    from maf_pipeline.parameters import parameter_errors
+
+    params = _base_parameters()
+    assert parameter_errors(params) == []
+    params["compare"]["training"] = {"epoch": 3}
+    params["compare"]["model_training"] = {"bert4rec": {"early_stopping": {"patience": 0}}}
+    params["compare"]["evaluation"] = {"protocl": "sampled"}
+    params["tune"]["training"] = {"learning_rate": -1.0}
+    errors = parameter_errors(params)
+    assert any(e.startswith("compare.training.epoch: unknown parameter") for e in errors), errors
+    assert any(
+        e.startswith("compare.model_training.bert4rec.early_stopping.patience = 0") and "int >= 1 | None" in e
+        for e in errors
+    ), errors
+    assert any(e.startswith("compare.evaluation.protocl: unknown parameter") for e in errors), errors
+    assert any(e.startswith("tune.training.learning_rate = -1.0") for e in errors), errors

@@ -50,3 +50,21 @@ def test_the_data_side_runs_without_torch(tmp_path, monkeypatch):
     assert (project / "data" / "05_model_input" / "test_sequences.parquet").exists()
     assert "import time:" in proc.stderr
     assert not re.search(r"\|\s+torch$", proc.stderr, flags=re.MULTILINE)
+
+
+def test_a_selection_builds_only_its_pipelines_but_the_run_check_sees_them_all():
+    """Kedro's find_pipelines builds only what the command line names; the missing-input check still finds
+    the node that makes an input in any pipeline (every_pipeline, built only when an input is missing)."""
+    from kedro.framework.project import pipelines
+
+    from maf_pipeline.pipeline_registry import every_pipeline, register_pipelines
+
+    project_pipelines()  # the configured project
+    pipelines.set_requested(["evaluation"])
+    try:
+        assert set(register_pipelines()) == {"evaluation"}
+    finally:
+        pipelines.set_requested(None)
+    every = every_pipeline()
+    assert {"data", "full", "training", "evaluation", "compare", "tune"} <= set(every)
+    assert {n.name for n in every["full"].nodes} == {n.name for n in project_pipelines()["full"].nodes}

@@ -50,6 +50,11 @@ def test_missing_intermediate_names_the_dataset_and_the_node_that_makes_it(tmp_p
         check_inputs(run, catalog, registry)
     catalog.save("complete", pd.DataFrame({"a": [1]}))
     assert missing_inputs(run, catalog, registry) == []  # there now
+    catalog.release("complete")
+    (tmp_path / "complete.parquet").unlink()
+    built: list[int] = []
+    lazy = missing_inputs(run, catalog, lambda: built.append(1) or registry)  # the hook passes a builder
+    assert lazy == messages and built == [1]
     assert "it is made by no registered pipeline" in missing_inputs(registry["full"], catalog, registry)[0]
 
 

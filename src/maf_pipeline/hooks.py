@@ -137,13 +137,12 @@ class ParameterSchemaHook:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         """Raise ``ParameterValidationError`` listing every bad parameter, or ``MissingInputError`` naming
         every missing input with the node that makes it."""
-        from kedro.framework.project import pipelines
-
         from maf_pipeline.parameters import validate_parameters
+        from maf_pipeline.pipeline_registry import every_pipeline
         from maf_pipeline.run_checks import check_inputs
 
         validate_parameters(catalog.load("parameters"))
-        check_inputs(pipeline, catalog, dict(pipelines))
+        check_inputs(pipeline, catalog, every_pipeline)  # every pipeline, built only if an input is missing
 
 
 def _block(params: dict[str, Any] | None, name: str) -> dict[str, Any]:

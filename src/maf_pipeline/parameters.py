@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from kedro.validation import ParameterValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -507,15 +508,37 @@ def _allowed(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
         for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("pattern", "matching"))
         if getattr(m, attr, None) is not None
     )
-    kind = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    return f"{kind}{' ' + bounds if bounds else ''}"
+    return f"{_type_text(field.annotation)}{' ' + bounds if bounds else ''}"
+
+
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("pattern", "matching"))
+
+
+def _type_text(annotation: Any) -> str:
+    """``int >= 1 | None`` for ``Annotated[int, Ge(1)] | None``: the type as a user reads it."""
+    if annotation is type(None):
+        return "None"
+    if get_origin(annotation) is Annotated:
+        base, *meta = get_args(annotation)
+        flat = [c for m in meta for c in (getattr(m, "metadata", None) or [m])]  # Field(ge=1) holds Ge(1)
+        bounds = [
+            f"{op} {getattr(c, a)}" for c in flat for a, op in _BOUNDS if getattr(c, a, None) is not None
+        ]
+        return " ".join([_type_text(base), *bounds])
+    if get_origin(annotation) in (Union, UnionType):
+        return " | ".join(_type_text(a) for a in get_args(annotation))
+    if isinstance(annotation, type) and not get_args(annotation):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def _messages(error: ValidationError, schema: type[BaseModel], prefix: tuple[Any, ...]) -> list[str]:
     out = []
     for err in error.errors():
         loc = tuple(
-            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))
+            p
+            for p in err["loc"]
+            if not (isinstance(p, str) and ("[" in p or "-" in p or p.startswith("function")))
         )
         name = ".".join(str(p) for p in (*prefix, *loc))
         if err["type"] == "extra_forbidden":
@@ -594,6 +617,38 @@ def _check_variants(params: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
+def _check_overrides(params: dict[str, Any]) -> list[str]:
+    """The free-form overrides of the training and evaluation blocks (``compare.training``,
+    ``compare.model_training.<model>``, ``compare.evaluation``, ``tune.training``), merged onto the block as
+    the nodes do, against its schema: a misspelt key would otherwise stop a node after hours of other runs."""
+    compare, tune = params.get("compare") or {}, params.get("tune") or {}
+    training, evaluation = params.get("training") or {}, params.get("evaluation") or {}
+    checks = [
+        ("compare.training", Training, training, compare.get("training")),
+        ("compare.evaluation", Evaluation, evaluation, compare.get("evaluation")),
+        ("tune.training", Training, training, tune.get("training")),
+    ]
+    for model, override in (compare.get("model_training") or {}).items():
+        checks.append((f"compare.model_training.{model}", Training, training, override))
+    errors = []
+    for where, schema, base, override in checks:
+        if not isinstance(override, dict) or not override:
+            continue
+        try:
+            schema.model_validate(_merged(base, override))
+        except ValidationError as err:
+            errors += _messages(err, schema, tuple(where.split(".")))
+    return errors
+
+
 def _check_names(params: dict[str, Any]) -> list[str]:
     """Every name that selects something (models, metrics, variants) against what exists: a name that selects
     nothing would run for minutes and leave a table short without saying so."""
@@ -627,7 +682,7 @@ def _check_names(params: dict[str, Any]) -> list[str]:
         errors += _check_metrics(
             "compare.grid.metric", [grid.get("metric") or "ndcg@20"], eval_ks, "evaluation.ks"
         )
-    return errors + _check_variants(params)
+    return errors + _check_variants(params) + _check_overrides(params)
 
 
 def parameter_errors(params: dict[str, Any]) -> list[str]:

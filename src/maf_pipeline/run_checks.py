@@ -7,6 +7,7 @@ names the missing dataset, its file and the node (and pipeline) that makes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from kedro.pipeline import Pipeline
@@ -31,7 +32,10 @@ def producers(name: str, registry: dict[str, Pipeline]) -> list[tuple[str, str]]
     return list(found.items())
 
 
-def missing_inputs(pipeline: Pipeline, catalog: Any, registry: dict[str, Pipeline]) -> list[str]:
+Registry = dict[str, Pipeline] | Callable[[], dict[str, Pipeline]]
+
+
+def missing_inputs(pipeline: Pipeline, catalog: Any, registry: Registry) -> list[str]:
     """One message per file-backed, non-raw input of ``pipeline`` that does not exist (it does not make
     its inputs)."""
     messages = []
@@ -46,6 +50,8 @@ def missing_inputs(pipeline: Pipeline, catalog: Any, registry: dict[str, Pipelin
             continue
         if catalog.exists(name):
             continue
+        if callable(registry):  # built only now: every pipeline, for the message
+            registry = registry()
         made_by = producers(name, registry)
         where = "; ".join(f"node {n!r} (pipeline {p!r})" for n, p in made_by) or "no registered pipeline"
         first = made_by[0][0] if made_by else None
@@ -60,7 +66,7 @@ def missing_inputs(pipeline: Pipeline, catalog: Any, registry: dict[str, Pipelin
     return messages
 
 
-def check_inputs(pipeline: Pipeline, catalog: Any, registry: dict[str, Pipeline]) -> None:
+def check_inputs(pipeline: Pipeline, catalog: Any, registry: Registry) -> None:
     """Raise :class:`MissingInputError` listing every missing input of the run."""
     messages = missing_inputs(pipeline, catalog, registry)
     if messages:
