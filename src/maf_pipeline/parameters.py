@@ -213,6 +213,7 @@ class Training(Block):
     objective: Literal["all_positions", "last_position"] = "all_positions"
     early_stopping: EarlyStopping = EarlyStopping()
     ks: list[PositiveInt] = [10, 20]
+    mask_history: bool = False  # validation (early stopping, tune) without the user's earlier items
     loss: Literal["full", "sampled_softmax"] = "full"
     loss_chunk_size: PositiveInt | None = 32768
     num_negatives: PositiveInt = 256

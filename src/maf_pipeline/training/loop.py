@@ -193,6 +193,7 @@ def validate(
     p: dict[str, Any],
     metric: str,
     device: torch.device,
+    exclude: list[np.ndarray] | None = None,
 ) -> dict[str, float]:
     """Validation metrics in full precision (bf16 scores would tie, which the pessimistic rank penalises);
     under DDP the users are split over the ranks and their ranks gathered."""
@@ -200,6 +201,7 @@ def validate(
     users = np.arange(len(valid_targets))[rank::size]
     ranks = rank_targets(
         model, valid_padded[users], valid_targets[users], model.max_len, int(p["eval_batch_size"]),
+        exclude=None if exclude is None else [exclude[u] for u in users],
         device=device, desc="validation", max_scores=p["eval_max_scores"],
     )  # fmt: skip
     if size > 1:
@@ -295,14 +297,20 @@ def fit(
     device: torch.device,
     on_epoch_end: Callable[[int], None] | None = None,
     on_validation: Callable[[int, dict[str, float]], None] | None = None,
+    valid_earlier: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Adam with early stopping on the validation metric; resumes from ``checkpoint_path`` when it exists.
 
     Returns the history; the model is left holding the best weights. ``on_validation(epoch, metrics)`` sees
     every epoch's validation metrics after the checkpoint is written (a tuner reports them and may raise to
-    prune the run); ``on_epoch_end(epoch)`` is called last.
+    prune the run); ``on_epoch_end(epoch)`` is called last. With ``training.mask_history`` each validation
+    user's ``valid_earlier`` items (all their training items) are left out of the ranking, as
+    ``evaluation.mask_history`` does for the reported metrics, so the model is chosen on that protocol.
     """
     p = filled("training", training_params)  # the schema's defaults for keys a library caller omits
+    if p["mask_history"] and valid_earlier is None:
+        raise ValueError("training.mask_history needs each validation user's earlier items (valid_earlier)")
+    exclude = valid_earlier if p["mask_history"] else None
     epochs = int(p["epochs"])
     metric, patience = p["early_stopping"]["metric"], p["early_stopping"]["patience"]
     configure_training_loss(model, targets, p)
@@ -318,7 +326,7 @@ def fit(
         started = time.perf_counter()
         sums = train_epoch(model, step, optimizer, data, p, seed + epoch, device, epoch)
         train_secs = time.perf_counter() - started
-        valid = validate(model, valid_padded, valid_targets, p, metric, device)
+        valid = validate(model, valid_padded, valid_targets, p, metric, device, exclude)
         if world()[1] > 1:
             sums = mean_over_ranks(sums)
         losses = {

@@ -50,7 +50,12 @@ def model_inputs(
     valid_t = valid_sequences["target"].to_numpy(dtype=np.int64)
     if not len(inputs) or not len(valid_t):
         raise ValueError("no training targets or no validation users: check the sequences pipeline output")
-    return {"inputs": inputs, "targets": targets, "valid_histories": valid_h, "valid_targets": valid_t}
+    # each validation user's earlier items: all their training items (the history is cut to max_len)
+    by_user = dict(zip(train_sequences["user_idx"], train_sequences["items"], strict=True))
+    empty = np.empty(0, dtype=np.int64)
+    earlier = [np.asarray(by_user.get(u, empty), dtype=np.int64) for u in valid_sequences["user_idx"]]
+    return {"inputs": inputs, "targets": targets, "valid_histories": valid_h, "valid_targets": valid_t,
+            "valid_earlier": earlier}  # fmt: skip
 
 
 def checkpoint_file(
@@ -137,7 +142,7 @@ def train_model(
     with folder_lock(folder, wait_s, "training checkpoint folder", "training.lock_wait_s"):
         history = fit(
             model, data["inputs"], data["targets"], data["valid_histories"], data["valid_targets"],
-            training_params, seed, ckpt, device, on_epoch_end, on_validation,
+            training_params, seed, ckpt, device, on_epoch_end, on_validation, data["valid_earlier"],
         )  # fmt: skip
         if ckpt is not None and rank == 0 and not training_params["keep_checkpoint"]:
             shutil.rmtree(ckpt.parent, ignore_errors=True)

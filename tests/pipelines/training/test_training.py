@@ -252,3 +252,20 @@ def test_ranks_above_zero_keep_outputs_in_memory(monkeypatch, tmp_path: Path) ->
 
     assert os.environ["MAF_MLFLOW_DIR"].startswith(str(tmp_path / "maf-rank1-mlflow-"))
     monkeypatch.delenv("MAF_MLFLOW_DIR")
+
+
+def test_masked_validation_is_the_evaluation_protocol(tmp_path: Path) -> None:
+    """training.mask_history: early stopping sees the metrics evaluation reports with mask_history (each
+    user's earlier training items out of the ranking), not the all-items ones."""
+    from maf_pipeline.pipelines.evaluation.nodes import evaluate_scorer
+
+    data, features = make_sequences(seed=4), make_features(30)
+    params = training_params(tmp_path, epochs=1, mask_history=True, ks=[10, 20])
+    artifact, history = run(data, features, tiny_maf_params(), params)
+    model = model_from_artifact(artifact, {k: v["features"] for k, v in features.items()})
+    seqs = (data["train_sequences"], data["valid_sequences"], data["test_sequences"])
+    masked, _ = evaluate_scorer(model, 30, 6, *seqs, {"mask_history": True, "device": "cpu"}, 0)
+    full, _ = evaluate_scorer(model, 30, 6, *seqs, {"mask_history": False, "device": "cpu"}, 0)
+    for name in ("recall@10", "ndcg@10", "ndcg@20", "mrr"):
+        assert history["best_valid"][name] == pytest.approx(masked["valid"][name], abs=1e-12), name
+    assert masked["valid"]["mrr"] > full["valid"]["mrr"]  # the earlier items did outrank some targets
