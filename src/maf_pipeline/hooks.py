@@ -119,16 +119,19 @@ class ParameterSchemaHook:
     def after_catalog_created(self, catalog: Any, parameters: dict[str, Any]) -> None:
         """Replace ``parameters`` and every ``params:<dotted.name>`` entry by the default-filled values
         (invalid parameters are left as they are: ``before_pipeline_run`` reports them)."""
-        from maf_pipeline.parameters import parameter_errors, resolve_parameters
+        from kedro.validation import ParameterValidationError
 
-        raw = parameters.get("parameters") or {}
-        if parameter_errors(raw):
+        from maf_pipeline.parameters import resolve_parameters
+
+        try:
+            resolved = resolve_parameters(parameters.get("parameters") or {})
+        except ParameterValidationError:
             return
         quiet = logging.getLogger("kedro.io.data_catalog")  # it warns "Replacing dataset" once per key
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:
-            for name, value in _param_entries(resolve_parameters(raw)):
+            for name, value in _param_entries(resolved):
                 catalog[name] = value
         finally:
             quiet.setLevel(level)
@@ -453,7 +456,7 @@ class MlflowReportingHook:
                 model != models[0]
             ):  # the first listed model is `model` (and the registered name), others suffixed
                 params["artifact_path"] = f"{serving['artifact_path']}_{model}"
-                if serving.get("registered_model_name"):
+                if serving["registered_model_name"]:
                     params["registered_model_name"] = f"{serving['registered_model_name']}-{model}"
             info = log_recommender(
                 _local_path(dataset),
