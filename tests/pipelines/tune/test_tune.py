@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import mlflow
@@ -19,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from maf_pipeline.datasets import StudyStorageDataset
 from maf_pipeline.parameters import resolve_parameters
 from maf_pipeline.pipelines.tune import create_pipeline
-from maf_pipeline.pipelines.tune.nodes import run_study, study_reports
+from maf_pipeline.pipelines.tune.nodes import load_study, run_study, study_reports
 from tests.conftest import REPO, kedro
 from tests.models.synthetic import make_features, make_sequences, one_torch_thread, tiny_maf_params  # noqa: F401
 
@@ -115,6 +118,19 @@ def test_study_prunes_keeps_trials_and_nests_mlflow_runs(tmp_path: Path, trackin
     assert history.axes and importances.axes
 
 
+def test_workers_opening_a_new_storage_at_once_all_get_the_study(tmp_path: Path) -> None:
+    """Opening a new storage creates its schema; a second worker doing it at the same moment used to fail on
+    the schema version row (Optuna opened without the retry fails here in every round)."""
+    cfg = _parameters(1)["tune"]
+    for round_ in range(5):
+        url = StudyStorageDataset(str(tmp_path / str(round_) / "studies.db")).load()
+        with ThreadPoolExecutor(3) as pool:
+            studies = [f.result() for f in [pool.submit(load_study, url, cfg) for _ in range(3)]]
+        assert len(studies) == 3 and [s.study_name for s in optuna.get_all_study_summaries(url)] == [
+            cfg["study_name"]
+        ]
+
+
 def test_a_point_already_trained_is_not_trained_again(tmp_path: Path, tracking: MlflowClient) -> None:
     """A one-point space: the second trial draws the first one's values and takes its result (the runs are
     seeded: training again would give the same numbers), with no second MLflow run."""
@@ -147,13 +163,25 @@ def test_pipeline_wiring_is_in_the_catalog() -> None:
 
 
 def _finished(storage: str) -> list[optuna.trial.FrozenTrial]:
-    if not Path(storage.removeprefix("sqlite:///")).exists():
-        return []
-    try:
-        study = optuna.load_study(study_name="maf", storage=storage)
-    except KeyError:  # the run has not created the study yet
-        return []
+    """The study's finished trials, read once no run writes the storage any more."""
+    study = optuna.load_study(study_name="maf", storage=storage)
     return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def _finished_count(storage: str) -> int:
+    """How many trials a running study has finished, read without Optuna: opening the storage with Optuna
+    while the run creates its schema races it (both insert the schema version), so this opens the file
+    read-only and treats a missing file or table as no trial yet."""
+    path = Path(storage.removeprefix("sqlite:///"))
+    if not path.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)) as db:
+            query = "SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')"
+            (count,) = db.execute(query).fetchone()
+    except sqlite3.OperationalError:  # no table yet, or the writer holds the lock
+        return 0
+    return count
 
 
 @pytest.mark.slow
@@ -166,7 +194,7 @@ def test_kedro_tune_on_the_sample_resumes_after_a_kill(full_run, tmp_path: Path,
     storage = f"sqlite:///{project / 'data' / '07_model_output' / 'tune' / 'studies.db'}"
     proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while not _finished(storage) and time.time() < deadline and proc.poll() is None:
+    while not _finished_count(storage) and time.time() < deadline and proc.poll() is None:
         time.sleep(1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

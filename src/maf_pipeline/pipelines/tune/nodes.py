@@ -117,16 +117,30 @@ def _pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
     raise ValueError(f"tune.pruner.type must be median, percentile or none, got {kind!r}")
 
 
+def _storage(storage_url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The study storage, its schema created when new. Two processes opening a new storage at once (a second
+    tune worker, a dashboard) both create the schema and one fails; the schema is then there, so try again."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                # heartbeats (a killed run's RUNNING trials become FAIL) are "experimental"
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180)
+        except (IntegrityError, OperationalError):
+            if attempt == attempts:
+                raise
+            logger.info("tune: the study storage's schema is being created by another process; retrying")
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def load_study(storage_url: str, tune: dict[str, Any], seed: int = 0) -> optuna.Study:
     """The named study in the storage, created when new (maximising the validation metric)."""
-    with (
-        warnings.catch_warnings()
-    ):  # heartbeats (stale RUNNING trials of a killed run become FAIL) are "experimental"
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=60, grace_period=180)
     return optuna.create_study(
         study_name=tune["study_name"],
-        storage=storage,
+        storage=_storage(storage_url),
         direction="maximize",
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=int(tune["n_startup_trials"])),
         pruner=_pruner(tune["pruner"]),
