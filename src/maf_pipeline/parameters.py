@@ -214,6 +214,7 @@ class Training(Block):
     early_stopping: EarlyStopping = EarlyStopping()
     ks: list[PositiveInt] = [10, 20]
     mask_history: bool = False  # validation (early stopping, tune) without the user's earlier items
+    loss_mask_history: bool = False  # each target's softmax without the earlier items of its window
     loss: Literal["full", "sampled_softmax"] = "full"
     loss_chunk_size: PositiveInt | None = 32768
     num_negatives: PositiveInt = 256

@@ -46,6 +46,46 @@ def test_chunked_cross_entropy_equals_plain_in_loss_and_gradients(chunk: int, wi
     assert got_grads[1][0].abs().max() == 0  # the padding row gets no gradient
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_excluded_items_leave_the_softmax_in_loss_and_gradients(chunk: int) -> None:
+    """``exclude`` (each row's earlier items, 0-padded, with repeats and ids in other chunks) equals the plain
+    CE with those logits at -inf, chunked or not; excluded items get no gradient from their row."""
+    g = torch.Generator().manual_seed(2)
+    M, V, d, K = 23, 61, 8, 6
+    h = torch.randn(M, d, generator=g, requires_grad=True)
+    w = torch.randn(V, d, generator=g, requires_grad=True)
+    t = torch.randint(1, V, (M,), generator=g)
+    exclude = torch.randint(0, V, (M, K), generator=g)
+    exclude[:, 0] = exclude[:, 1]  # a repeated earlier item
+    exclude[exclude == t[:, None]] = 0  # never the row's target
+    exclude[0] = 0  # a row with nothing earlier
+    logits = h @ w.T
+    logits[:, 0] = float("-inf")
+    hits = torch.zeros(M, V, dtype=torch.bool).scatter_(1, exclude, True)
+    want = F.cross_entropy(logits.masked_fill(hits, float("-inf")), t)
+    want_grads = torch.autograd.grad(want, [h, w])
+    model = SASRec(V - 1, 4, d=d, n_heads=2)
+    model.item_embeddings = lambda: w  # the table under test
+    model.configure_loss("full", chunk_size=chunk if chunk < 1000 else None, mask_history=True)
+    got = model.next_item_loss(h, t, exclude)
+    got_grads = torch.autograd.grad(got, [h, w])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, e in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+    assert want < plain_ce(h, w, t)  # fewer competitors: a lower loss, so the test can tell them apart
+    one = slice(5, 6)
+    item = int(exclude[one][exclude[one] > 0][0])
+    grad_w = torch.autograd.grad(model.next_item_loss(h[one], t[one], exclude[one]), w)[0]
+    assert grad_w[item].abs().max() == 0 and grad_w[int(t[5])].abs().max() > 0
+
+
+def test_loss_mask_history_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="loss: full"):
+        SASRec(20, 4, d=8, n_heads=2).configure_loss("sampled_softmax", mask_history=True)
+    with pytest.raises(ValueError, match="BERT4Rec has its own step"):
+        BERT4Rec(20, 4, d=8, n_heads=2).configure_loss("full", mask_history=True)
+
+
 def test_chunked_loss_in_the_model_equals_the_plain_loss_and_gradients() -> None:
     torch.manual_seed(0)
     feats = {k: v["features"] for k, v in make_features(40).items()}

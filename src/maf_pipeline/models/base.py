@@ -19,6 +19,7 @@ from .losses import (
     LOSSES,
     chunked_cross_entropy,
     draw_negatives,
+    excluded_columns,
     sampled_softmax_loss,
     sampling_log_probs,
 )
@@ -43,6 +44,7 @@ class SequentialRecommender(nn.Module):
         self.loss_kind, self.loss_chunk_size, self.num_negatives = "full", None, 0
         self.negative_log_probs: torch.Tensor | None = None  # log q of the sampler (sampled softmax)
         self.uniform_negatives = True
+        self.loss_mask_history = False  # leave each target's earlier window items out of its softmax
 
     def configure_loss(
         self,
@@ -51,16 +53,25 @@ class SequentialRecommender(nn.Module):
         num_negatives: int = 256,
         negative_sampling: str = "uniform",
         target_counts: torch.Tensor | None = None,
+        mask_history: bool = False,
     ) -> None:
         """Choose the next-item loss of ``training_step`` (the model's output and evaluation are unchanged).
 
         ``full``: softmax over all items (eq 7), in chunks of ``chunk_size`` items when set (same loss and
         gradients, memory O(positions x chunk)). ``sampled_softmax``: ``num_negatives`` items per batch
         drawn ``uniform`` or by ``popularity`` (``target_counts``: training target counts ``(N + 1,)``),
-        logQ-corrected.
+        logQ-corrected. ``mask_history``: each target's softmax leaves out the items before it in the window
+        (the target itself stays), as ``evaluation.mask_history`` ranks (full loss, next-item step only).
         """
         if loss not in LOSSES:
             raise ValueError(f"training.loss must be one of {LOSSES}, got {loss!r}")
+        own_step = type(self).training_step is not SequentialRecommender.training_step
+        if mask_history and (loss != "full" or own_step):
+            raise ValueError(
+                "training.loss_mask_history needs training.loss: full and the next-item training step "
+                f"({type(self).__name__} {'has its own step' if loss == 'full' else 'uses ' + loss})"
+            )
+        self.loss_mask_history = bool(mask_history)
         self.loss_kind = loss
         self.loss_chunk_size = int(chunk_size) if chunk_size else None
         if loss == "sampled_softmax":
@@ -78,8 +89,11 @@ class SequentialRecommender(nn.Module):
         """A per-item output bias ``(N + 1,)`` added to the logits, if the model has one."""
         return None
 
-    def next_item_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-item loss of hidden states ``(M, d)`` against targets ``(M,)`` (``configure_loss``)."""
+    def next_item_loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, exclude: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean next-item loss of hidden states ``(M, d)`` against targets ``(M,)`` (``configure_loss``);
+        ``exclude (M, K)``: items (0-padded) left out of each row's softmax."""
         weight, bias = self.item_embeddings(), self.output_bias()
         if self.loss_kind == "sampled_softmax" and self.training:
             log_q = self.negative_log_probs
@@ -88,8 +102,11 @@ class SequentialRecommender(nn.Module):
             negatives = draw_negatives(log_q, self.num_negatives, self.uniform_negatives)
             return sampled_softmax_loss(hidden, weight, targets, negatives, log_q, bias)
         if self.loss_chunk_size:
-            return chunked_cross_entropy(hidden, weight, targets, bias, self.loss_chunk_size)
-        return F.cross_entropy(self.score(hidden).float(), targets)
+            return chunked_cross_entropy(hidden, weight, targets, bias, self.loss_chunk_size, exclude)
+        logits = self.score(hidden).float()
+        if exclude is not None:
+            logits = logits.masked_fill(excluded_columns(exclude, 0, logits.size(1)), float("-inf"))
+        return F.cross_entropy(logits, targets)
 
     #: feature models embed each distinct item of the batch once: their ``forward`` takes the batch's
     #: host-computed ``items`` and ``inverse`` (see :func:`unique_items`)
@@ -132,11 +149,19 @@ class SequentialRecommender(nn.Module):
 
         Next-item loss (eq 7, see ``configure_loss``) at non-padding targets only: the hidden states at those
         positions are gathered first (by index, no host sync), so the logits cost is paid for real targets.
+        With ``loss_mask_history`` the batch carries ``history`` ``(M, L)``: each target's earlier items.
         """
         hidden = self.encode(batch)
         index, targets = target_positions(batch)
         h = hidden.reshape(-1, hidden.size(-1)).index_select(0, index)
-        loss_id = self.next_item_loss(h, targets)
+        exclude = None
+        if self.loss_mask_history:
+            if "history" not in batch:
+                raise ValueError(
+                    "loss_mask_history: the batch has no 'history' (host_batch(..., history=True))"
+                )
+            exclude = batch["history"]
+        loss_id = self.next_item_loss(h, targets, exclude)
         parts = {"id": loss_id, **self.extra_losses(h, targets)}
         total = loss_id
         for name, value in parts.items():

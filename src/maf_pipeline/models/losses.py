@@ -35,7 +35,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     """Per-row ``logsumexp(h W^T + b) - (h W^T + b)[target]`` over columns 1..V-1 (column 0 is padding)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk: int, dtype: torch.dtype):
+    def forward(ctx, hidden, weight, bias, targets, exclude, chunk: int, dtype: torch.dtype):
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(dtype)
             rows = hidden.size(0)
@@ -43,7 +43,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             run_sum = torch.zeros(rows, device=hidden.device)
             target_logit = torch.zeros(rows, device=hidden.device)
             for start in range(0, weight.size(0), chunk):
-                logits = _chunk_logits(h, weight, bias, start, chunk, dtype)
+                logits = _chunk_logits(h, weight, bias, start, chunk, dtype, exclude)
                 cols, in_chunk = _target_cols(targets, start, logits.size(1))
                 target_logit += torch.where(in_chunk, logits.gather(1, cols[:, None]).squeeze(1), 0.0)
                 run_max_new = torch.maximum(run_max, logits.amax(dim=1))
@@ -55,13 +55,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             # One chunk (a small catalog): keep the probabilities, as the plain CE would, instead of
             # recomputing the logits in backward.
             probs = scaled.div_(run_sum[:, None]) if weight.size(0) <= chunk else None
-        ctx.save_for_backward(hidden, weight, bias, targets, lse, probs)
+        ctx.save_for_backward(hidden, weight, bias, targets, exclude, lse, probs)
         ctx.chunk, ctx.dtype = chunk, dtype
         return lse - target_logit
 
     @staticmethod
     def backward(ctx, grad_rows):
-        hidden, weight, bias, targets, lse, saved_probs = ctx.saved_tensors
+        hidden, weight, bias, targets, exclude, lse, saved_probs = ctx.saved_tensors
         chunk, dtype = ctx.chunk, ctx.dtype
         with torch.autocast(hidden.device.type, enabled=False):
             h = hidden.to(dtype)
@@ -73,7 +73,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
                 if saved_probs is not None:
                     probs = saved_probs.clone()  # backward may run again (retain_graph)
                 else:  # the softmax of the chunk's columns, recomputed
-                    probs = torch.exp(_chunk_logits(h, weight, bias, start, chunk, dtype).sub_(lse[:, None]))
+                    logits = _chunk_logits(h, weight, bias, start, chunk, dtype, exclude)
+                    probs = torch.exp(logits.sub_(lse[:, None]))
                 cols, in_chunk = _target_cols(targets, start, probs.size(1))
                 probs.scatter_add_(1, cols[:, None], -in_chunk.to(probs.dtype)[:, None])  # minus one-hot
                 g = probs.mul_(scale)
@@ -90,19 +91,37 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 def _chunk_logits(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, chunk: int, dtype
-) -> torch.Tensor:
-    """fp32 logits ``(M, c)`` of item columns ``start..start+c``; the padding column 0 is -inf."""
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, start: int, chunk: int, dtype,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """fp32 logits ``(M, c)`` of item columns ``start..start+c``; the padding column 0 and each row's
+    ``exclude`` items are -inf."""
     logits = (h @ weight[start : start + chunk].to(dtype).T).float()
     if bias is not None:
         logits += bias[start : start + chunk].float()
     if start == 0:
         logits[:, 0] = float("-inf")
+    if exclude is not None:
+        logits.masked_fill_(excluded_columns(exclude, start, logits.size(1)), float("-inf"))
     return logits
+
+
+def excluded_columns(exclude: torch.Tensor, start: int, width: int) -> torch.Tensor:
+    """Bool ``(M, width)``: which of the columns ``start..start+width`` each row leaves out of its softmax.
+
+    ``exclude`` is ``(M, K)`` item ids per row, 0-padded (0 is the padding item, out of every softmax anyway).
+    Counting hits (``scatter_add``) rather than scattering flags keeps ids outside the chunk, clamped onto its
+    edge columns, from overwriting a real hit there.
+    """
+    local = exclude - start
+    hit = ((local >= 0) & (local < width) & (exclude > 0)).float()
+    counts = torch.zeros(exclude.size(0), width, device=exclude.device)
+    return counts.scatter_add_(1, local.clamp(0, width - 1), hit) > 0
 
 
 def _target_cols(targets: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,16 +137,19 @@ def chunked_cross_entropy(
     targets: torch.Tensor,
     bias: torch.Tensor | None = None,
     chunk_size: int = 32768,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean full-softmax CE of ``hidden (M, d)`` against ``weight (V, d)`` (+ ``bias (V,)``), column 0 out.
 
     Equal to ``F.cross_entropy(logits, targets)`` with ``logits = hidden @ weight.T + bias`` and
     ``logits[:, 0] = -inf``, in loss and gradients, with peak memory ``O(M * chunk_size)`` instead of
     ``O(M * V)``. Under autocast the matmuls run in the autocast dtype, the softmax sums in fp32.
+    ``exclude (M, K)``: items (0-padded) left out of each row's softmax; never a row's target.
     """
     if chunk_size < 1:
         raise ValueError(f"loss chunk size must be >= 1, got {chunk_size}")
-    rows = _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, int(chunk_size), _compute_dtype(hidden))
+    dtype = _compute_dtype(hidden)
+    rows = _ChunkedCrossEntropy.apply(hidden, weight, bias, targets, exclude, int(chunk_size), dtype)
     return rows.mean()
 
 

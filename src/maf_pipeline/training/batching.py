@@ -46,19 +46,23 @@ def training_windows(
 
 def host_batch(
     inputs: np.ndarray, targets: np.ndarray, lengths: np.ndarray, idx: np.ndarray, num_items: int,
-    with_items: bool,
+    with_items: bool, history: bool = False,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """One training batch prepared on the host, so the device step has no data-dependent shapes.
 
     Windows are trimmed to the longest in the batch (right padding). ``target_index``/``targets``: flat
     positions and items of the targets; ``items``/``item_inverse`` (feature models): the distinct items and
-    each position's index into them.
+    each position's index into them. ``history`` (``training.loss_mask_history``): ``(M, width)`` each
+    target's earlier items in the window, 0 in place of later positions and of copies of the target.
     """
     width = max(int(lengths[idx].max()), 1)
     x, y = inputs[idx, :width], targets[idx, :width]
     flat = y.reshape(-1)
     index = np.flatnonzero(flat)
     batch = {"item_seq": x, "target_seq": y, "target_index": index, "targets": flat[index]}
+    if history:  # [b, t, j]: input j is at or before position t (so before target t) and is not the target
+        earlier = np.tril(np.ones((width, width), dtype=bool)) & (x[:, None, :] != y[:, :, None])
+        batch["history"] = np.where(earlier, x[:, None, :], 0).reshape(-1, width)[index]
     if with_items:
         if x.size * 16 < num_items:  # small batch, big catalog: sort
             items, inverse = np.unique(x, return_inverse=True)

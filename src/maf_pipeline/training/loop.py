@@ -69,6 +69,7 @@ def configure_training_loss(model: SequentialRecommender, targets: np.ndarray, p
         num_negatives=int(p["num_negatives"]),
         negative_sampling=p["negative_sampling"],
         target_counts=_target_counts(targets, model.num_items) if loss == "sampled_softmax" else None,
+        mask_history=p["loss_mask_history"],
     )
 
 
@@ -165,7 +166,8 @@ def train_epoch(
             part = idx[rank::size] if len(idx) >= size else idx[:1]
             share = size * float((targets[part] > 0).sum()) / max(float((targets[idx] > 0).sum()), 1.0)
             idx = part
-        host = model.prepare_batch(host_batch(inputs, targets, lengths, idx, model.num_items, with_items))
+        host = host_batch(inputs, targets, lengths, idx, model.num_items, with_items, model.loss_mask_history)
+        host = model.prepare_batch(host)
         batch = to_device(host, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             parts = step(batch)

@@ -14,6 +14,7 @@ from maf_pipeline.pipelines.training.pipeline import create_model_pipeline, crea
 from maf_pipeline.training import (
     checkpoint_interval,
     epoch_order,
+    host_batch,
     training_windows,
 )
 from tests.models.synthetic import make_features, make_sequences, small_training, tiny_maf_params, train_tiny
@@ -56,6 +57,39 @@ def test_last_position_windows_are_prefixes() -> None:
     assert inputs[5].tolist() == [4, 5, 6] and targets[5].tolist() == [0, 0, 7]
     with pytest.raises(ValueError, match="objective"):
         training_windows(seqs, 3, "bogus")
+
+
+def test_each_target_carries_its_earlier_items_for_the_masked_loss() -> None:
+    """``host_batch(..., history=True)``: target ``t`` of a window gets the inputs at positions ``<= t`` (the
+    items the user had before it), minus copies of the target, 0-padded; rows in ``targets`` order."""
+    seqs = [np.array([3, 5, 3, 7, 9]), np.array([2, 4]), np.array([8, 6, 8, 1])]
+    inputs, targets = training_windows(seqs, 3, "all_positions")
+    lengths = (inputs > 0).sum(axis=1)
+    batch = host_batch(inputs, targets, lengths, np.arange(len(inputs)), 9, False, True)
+    width = batch["item_seq"].shape[1]
+    want = []
+    for x, y in zip(batch["item_seq"], batch["target_seq"], strict=True):
+        for t in np.flatnonzero(y):
+            earlier = [int(i) if i != y[t] else 0 for i in x[: t + 1]]
+            want.append(earlier + [0] * (width - len(earlier)))
+    np.testing.assert_array_equal(batch["history"], np.array(want))
+    assert len(batch["history"]) == len(batch["targets"])
+    # the window [3, 7] -> [7, 9] and [8, 6, 8] -> [6, 8, 1]: a repeat of the target is not masked
+    row = int(np.flatnonzero(batch["targets"] == 8)[0])
+    assert list(batch["history"][row]) == [0, 6, 0]
+    assert "history" not in host_batch(inputs, targets, lengths, np.arange(2), 9, False)
+
+
+def test_the_history_masked_loss_trains_through_the_node(tmp_path: Path) -> None:
+    """``training.loss_mask_history``: fewer competitors per target, so a lower loss from the same start."""
+    data, features = make_sequences(seed=4), make_features(30)
+    params = {"architecture": "sasrec", "d": 16, "n_layers": 1, "n_heads": 2, "d_ff": 16}
+    losses = {}
+    for masked in (False, True):
+        training = training_params(tmp_path, epochs=2, loss_mask_history=masked)
+        _, history = run(data, features, params, training)
+        losses[masked] = [e["loss"]["id"] for e in history["epochs"]]
+    assert all(m < f for m, f in zip(losses[True], losses[False], strict=True)), losses
 
 
 def test_tiny_dataset_is_overfit(tmp_path: Path) -> None:
