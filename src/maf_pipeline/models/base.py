@@ -19,7 +19,7 @@ from .losses import (
     LOSSES,
     chunked_cross_entropy,
     draw_negatives,
-    excluded_columns,
+    exclude_items,
     sampled_softmax_loss,
     sampling_log_probs,
 )
@@ -105,7 +105,7 @@ class SequentialRecommender(nn.Module):
             return chunked_cross_entropy(hidden, weight, targets, bias, self.loss_chunk_size, exclude)
         logits = self.score(hidden).float()
         if exclude is not None:
-            logits = logits.masked_fill(excluded_columns(exclude, 0, logits.size(1)), float("-inf"))
+            exclude_items(logits, exclude)
         return F.cross_entropy(logits, targets)
 
     #: feature models embed each distinct item of the batch once: their ``forward`` takes the batch's

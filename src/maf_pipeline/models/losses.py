@@ -107,21 +107,22 @@ def _chunk_logits(
     if start == 0:
         logits[:, 0] = float("-inf")
     if exclude is not None:
-        logits.masked_fill_(excluded_columns(exclude, start, logits.size(1)), float("-inf"))
+        exclude_items(logits, exclude, start)
     return logits
 
 
-def excluded_columns(exclude: torch.Tensor, start: int, width: int) -> torch.Tensor:
-    """Bool ``(M, width)``: which of the columns ``start..start+width`` each row leaves out of its softmax.
+def exclude_items(logits: torch.Tensor, exclude: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """``logits (M, c)`` of item columns ``start..start+c`` with each row's ``exclude`` items at -inf, in
+    place. ``exclude``: ``(M, K)`` item ids per row, 0-padded (0, the padding item, is in no softmax).
 
-    ``exclude`` is ``(M, K)`` item ids per row, 0-padded (0 is the padding item, out of every softmax anyway).
-    Counting hits (``scatter_add``) rather than scattering flags keeps ids outside the chunk, clamped onto its
-    edge columns, from overwriting a real hit there.
+    A min-scatter of -inf (a hit in this chunk) or +inf (an id elsewhere, clamped onto an edge column: no
+    change) writes only ``(M, K)`` values: no ``(M, c)`` mask beside the logits; repeated ids are harmless.
     """
+    width = logits.size(1)
     local = exclude - start
-    hit = ((local >= 0) & (local < width) & (exclude > 0)).float()
-    counts = torch.zeros(exclude.size(0), width, device=exclude.device)
-    return counts.scatter_add_(1, local.clamp(0, width - 1), hit) > 0
+    hit = (local >= 0) & (local < width) & (exclude > 0)
+    fill = torch.full(exclude.shape, float("inf"), dtype=logits.dtype, device=logits.device)
+    return logits.scatter_reduce_(1, local.clamp(0, width - 1), fill.masked_fill_(hit, float("-inf")), "amin")
 
 
 def _target_cols(targets: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
