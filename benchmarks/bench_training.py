@@ -176,7 +176,7 @@ def run_one(
         "bf16": precision == "bf16", "compile": args.compile, "loss": args.loss,
         "loss_chunk_size": args.loss_chunk_size, "num_negatives": args.num_negatives,
         "eval_batch_size": args.eval_batch_size, "eval_max_scores": args.eval_max_scores,
-        "length_grouping": args.length_grouping,
+        "length_grouping": args.length_grouping, "loss_mask_history": args.loss_mask_history,
     }  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -186,7 +186,8 @@ def run_one(
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     windows = len(data["inputs"])
     row = {
-        "model": arch, "precision": precision, "loss": args.loss, "compile": bool(args.compile),
+        "model": arch, "precision": precision, "compile": bool(args.compile),
+        "loss": args.loss + (" (history masked)" if args.loss_mask_history else ""),
         "windows_per_s": windows / last["train_seconds"], "epoch_s": last["train_seconds"],
         "eval_s": last["valid_seconds"],
         "train_tflops": train_flops(arch, size, data["window_lengths"], data["num_items"])
@@ -218,6 +219,9 @@ def main() -> None:
     parser.add_argument("--loss", choices=["full", "sampled_softmax"], default="full")
     parser.add_argument("--loss-chunk-size", type=int, default=32768, help="0: one logits matrix")
     parser.add_argument("--num-negatives", type=int, default=256)
+    parser.add_argument(
+        "--loss-mask-history", action="store_true", help="training.loss_mask_history (full loss only)"
+    )
     parser.add_argument("--length-grouping", type=int, default=0, help="training.length_grouping")
     parser.add_argument("--compile", default="", help="torch.compile backend (e.g. inductor); empty: eager")
     parser.add_argument("--device", default="auto")
